@@ -1,0 +1,208 @@
+//! The one place where errors of the `/v1` API become HTTP answers with the
+//! stable `code` of SPEC section 3, and publish outcomes become metric labels.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::subject::SubjectError;
+
+/// Everything the API can answer other than success.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    SubjectInvalid(#[from] SubjectError),
+    #[error("{0}")]
+    HeaderInvalid(String),
+    #[error("{0}")]
+    CloudEventInvalid(String),
+    #[error("{0}")]
+    BatchInvalid(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("subject {0} is not in publish.allow")]
+    Forbidden(String),
+    #[error("no stream captures subject {0}")]
+    NoStream(String),
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        last_sequence: Option<u64>,
+    },
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("too many publishes in flight; retry shortly")]
+    Overloaded,
+    #[error("{0}")]
+    NatsUnavailable(String),
+    #[error("jetway is shutting down; nothing was stored")]
+    ShuttingDown,
+    #[error("no PubAck from JetStream within {0:?}: the outcome is unknown; retrying with the same Idempotency-Key is safe")]
+    Timeout(Duration),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// The stable snake_case code of the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::SubjectInvalid(_) => "subject_invalid",
+            ApiError::HeaderInvalid(_) => "header_invalid",
+            ApiError::CloudEventInvalid(_) => "cloudevent_invalid",
+            ApiError::BatchInvalid(_) => "batch_invalid",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NoStream(_) => "no_stream",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Overloaded => "overloaded",
+            ApiError::NatsUnavailable(_) => "nats_unavailable",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Internal => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::SubjectInvalid(_)
+            | ApiError::HeaderInvalid(_)
+            | ApiError::CloudEventInvalid(_)
+            | ApiError::BatchInvalid(_)
+            | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NoStream(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NatsUnavailable(_) | ApiError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `outcome` label of `jetway_publish_total`.
+    pub fn publish_outcome(&self) -> &'static str {
+        match self {
+            ApiError::SubjectInvalid(_)
+            | ApiError::HeaderInvalid(_)
+            | ApiError::CloudEventInvalid(_)
+            | ApiError::BatchInvalid(_)
+            | ApiError::BadRequest(_)
+            | ApiError::NotFound(_)
+            | ApiError::MethodNotAllowed => "invalid",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NoStream(_) => "no_stream",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::Overloaded => "overloaded",
+            ApiError::NatsUnavailable(_) | ApiError::ShuttingDown | ApiError::Internal => {
+                "unavailable"
+            }
+            ApiError::Timeout(_) => "timeout",
+        }
+    }
+
+    /// The `{"error":{...}}` body.
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        if let ApiError::Conflict {
+            last_sequence: Some(seq),
+            ..
+        } = self
+        {
+            error["last_sequence"] = json!(seq);
+        }
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_a_distinct_code_and_the_spec_status() {
+        let table: Vec<(ApiError, u16, &str, &str)> = vec![
+            (SubjectError::Empty.into(), 400, "subject_invalid", "invalid"),
+            (ApiError::HeaderInvalid("x".into()), 400, "header_invalid", "invalid"),
+            (ApiError::CloudEventInvalid("x".into()), 400, "cloudevent_invalid", "invalid"),
+            (ApiError::BatchInvalid("x".into()), 400, "batch_invalid", "invalid"),
+            (ApiError::Unauthorized, 401, "unauthorized", "unauthorized"),
+            (ApiError::Forbidden("a".into()), 403, "forbidden", "forbidden"),
+            (ApiError::NoStream("a".into()), 404, "no_stream", "no_stream"),
+            (
+                ApiError::Conflict { message: "x".into(), last_sequence: Some(3) },
+                409,
+                "conflict",
+                "conflict",
+            ),
+            (ApiError::PayloadTooLarge("x".into()), 413, "payload_too_large", "too_large"),
+            (ApiError::Overloaded, 429, "overloaded", "overloaded"),
+            (ApiError::NatsUnavailable("x".into()), 503, "nats_unavailable", "unavailable"),
+            (ApiError::ShuttingDown, 503, "shutting_down", "unavailable"),
+            (ApiError::Timeout(Duration::from_secs(5)), 504, "timeout", "timeout"),
+        ];
+        let mut codes = std::collections::HashSet::new();
+        for (err, status, code, outcome) in table {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+            assert_eq!(err.code(), code);
+            assert_eq!(err.publish_outcome(), outcome);
+            assert!(codes.insert(code), "duplicate code {code}");
+        }
+    }
+
+    #[test]
+    fn conflict_body_carries_last_sequence() {
+        let body = ApiError::Conflict {
+            message: "wrong last sequence".into(),
+            last_sequence: Some(7),
+        }
+        .body();
+        assert_eq!(body["error"]["code"], "conflict");
+        assert_eq!(body["error"]["last_sequence"], 7);
+    }
+
+    #[test]
+    fn shed_and_unavailable_answers_carry_retry_after() {
+        for err in [ApiError::Overloaded, ApiError::ShuttingDown] {
+            let resp = err.into_response();
+            assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        }
+        let resp = ApiError::Timeout(Duration::from_secs(1)).into_response();
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+    }
+}

@@ -1,0 +1,166 @@
+//! jetway: an event sidecar. Services POST events on localhost; jetway
+//! stores them in NATS JetStream and answers after the PubAck. It also
+//! pushes each message of its subscriptions to the service's HTTP endpoint,
+//! with retries, dead letters and replay. At least once, end to end.
+//!
+//! [`run`] takes bound listeners and a shutdown future, so a whole sidecar
+//! can run inside a test on port 0.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod dead_letter;
+pub mod delivery;
+pub mod dev;
+pub mod error;
+pub mod health;
+pub mod inject;
+pub mod metrics;
+pub mod nats;
+pub mod publish;
+pub mod server;
+pub mod shutdown;
+pub mod subject;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// The sockets jetway serves on, bound by the caller.
+pub struct Listeners {
+    /// `/v1/*` (`api.listen`).
+    pub api: TcpListener,
+    /// `/healthz`, `/readyz`, `/metrics` (`metrics.listen`).
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of the config.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            api: TcpListener::bind(config.api.listen).await?,
+            metrics: TcpListener::bind(config.metrics.listen).await?,
+        })
+    }
+}
+
+/// Why the sidecar stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Connect(#[from] nats::ConnectError),
+}
+
+/// Runs the sidecar until `shutdown` completes, then drains (SPEC section 8)
+/// and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let metrics = metrics::Metrics::new();
+    let health = Arc::new(health::Health::default());
+    let client = nats::connect(&config.nats, &config.app_id, health.clone(), metrics.clone()).await?;
+    let js = nats::jetstream(client.clone(), &config);
+    let publisher = Arc::new(publish::Publisher::new(
+        js.clone(),
+        client.clone(),
+        &config,
+        metrics.clone(),
+        health.clone(),
+    ));
+    let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone());
+
+    let provisioning = tokio::spawn(provision(config.clone(), js.clone(), delivery.clone(), health.clone()));
+
+    let stop_http = CancellationToken::new();
+    let api = tokio::spawn(server::serve(
+        listeners.api,
+        api::router(api::ApiState {
+            publisher: publisher.clone(),
+            delivery: delivery.clone(),
+            js: js.clone(),
+            token: config.api.token.clone(),
+        }),
+        server::Limits::default(),
+        stop_http.clone(),
+        Duration::from_secs(1),
+    ));
+    let health_server = tokio::spawn(server::serve(
+        listeners.metrics,
+        api::health_router(health.clone(), metrics.clone()),
+        server::Limits {
+            max_connections: 64,
+            ..Default::default()
+        },
+        stop_http.clone(),
+        Duration::from_secs(1),
+    ));
+    tracing::info!(
+        api = %config.api.listen,
+        metrics = %config.metrics.listen,
+        app_id = %config.app_id,
+        "jetway started"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down: no new publishes, draining deliveries");
+    health.begin_shutdown();
+    provisioning.abort();
+    publisher.drain().await;
+    delivery.shutdown(config.shutdown_grace).await;
+    stop_http.cancel();
+    let _ = api.await;
+    let _ = health_server.await;
+    match tokio::time::timeout(Duration::from_secs(5), client.drain()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "draining the NATS connection failed"),
+        Err(_) => tracing::warn!("draining the NATS connection timed out"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Puts streams and consumers in place, retrying until it works (NATS may
+/// come up after the sidecar), then starts delivery.
+async fn provision(
+    config: Config,
+    js: async_nats::jetstream::Context,
+    delivery: Arc<delivery::Delivery>,
+    health: Arc<health::Health>,
+) {
+    let mut delay = Duration::from_millis(200);
+    let mut attempts = 0u32;
+    loop {
+        let result = async {
+            nats::ensure_streams(&js, &config).await.map_err(|e| e.to_string())?;
+            delivery.provision().await.map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                attempts += 1;
+                // The first failures are usual while NATS starts.
+                if attempts > 3 {
+                    tracing::error!(error = %e, "cannot set up streams and consumers; retrying");
+                } else {
+                    tracing::info!(error = %e, "streams and consumers not ready yet; retrying");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    delivery.start().await;
+    health.set_provisioned();
+    tracing::info!("ready");
+}

@@ -1,0 +1,134 @@
+//! The `jetway` command: parses arguments, loads the config, starts
+//! telemetry and hands over to the library.
+
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use jetway::config::{Config, EXIT_INVALID};
+
+#[derive(Parser)]
+#[command(name = "jetway", version, about = "An event sidecar for NATS JetStream: HTTP in, HTTP out, at least once")]
+struct Cli {
+    /// Config file (same as `jetway run --config FILE`).
+    #[arg(long, global = false)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config: print every problem, exit 0 (valid) or 64.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a throwaway nats-server and the sidecar against it.
+    Dev {
+        /// Config to use instead of the built-in example.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Add the sidecar to Kubernetes workloads annotated jetway.io/inject: "enabled".
+    Inject {
+        /// YAML file, or - for stdin.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: String,
+        /// Sidecar image.
+        #[arg(long, default_value = jetway::inject::DEFAULT_IMAGE)]
+        image: String,
+        /// Add a regular container instead of a native sidecar (Kubernetes < 1.29).
+        #[arg(long)]
+        legacy: bool,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("jetway: {}: {e}", path.display());
+        ExitCode::from(EXIT_INVALID as u8)
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("jetway: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn run(path: PathBuf) -> Result<(), ExitCode> {
+    let config = load(&path)?;
+    jetway::telemetry::init(&config.log);
+    runtime()?.block_on(async {
+        let listeners = jetway::Listeners::bind(&config).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot bind the listeners");
+            ExitCode::FAILURE
+        })?;
+        jetway::run(config, listeners, jetway::shutdown::signal())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "jetway failed");
+                ExitCode::FAILURE
+            })
+    })
+}
+
+fn inject(file: &str, image: String, legacy: bool) -> Result<(), ExitCode> {
+    let input = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|e| {
+        eprintln!("jetway inject: cannot read {file}: {e}");
+        ExitCode::FAILURE
+    })?;
+    let opts = jetway::inject::InjectOptions {
+        image,
+        legacy,
+        ..Default::default()
+    };
+    let out = jetway::inject::inject(&input, &opts).map_err(|e| {
+        eprintln!("jetway inject: {e}");
+        ExitCode::from(EXIT_INVALID as u8)
+    })?;
+    print!("{out}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match (cli.command, cli.config) {
+        (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
+        (Some(Command::Check { config }), _) => load(&config).map(|_| println!("{}: valid", config.display())),
+        (Some(Command::Dev { config }), _) => runtime().and_then(|rt| {
+            rt.block_on(jetway::dev::dev(config.as_deref())).map_err(|e| {
+                eprintln!("jetway dev: {e}");
+                ExitCode::FAILURE
+            })
+        }),
+        (Some(Command::Inject { file, image, legacy }), _) => inject(&file, image, legacy),
+        (None, None) => {
+            eprintln!("jetway: give a command (run, check, dev, inject) or --config FILE; see jetway --help");
+            Err(ExitCode::from(EXIT_INVALID as u8))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}

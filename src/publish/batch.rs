@@ -1,0 +1,181 @@
+//! Parsing of batch publish bodies: NDJSON or a JSON array of items. Pure:
+//! a malformed batch is refused whole before anything is published.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
+
+/// Most items one batch may hold.
+pub const MAX_ITEMS: usize = 1000;
+
+/// One item as sent by the client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawItem {
+    subject: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    data_base64: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// One parsed item: the payload is the JSON text of `data` byte for byte, or
+/// the decoded `data_base64`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub subject: String,
+    pub payload: Bytes,
+    /// True when the payload came from `data` (so it is JSON).
+    pub is_json: bool,
+    pub headers: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// Whether the body is NDJSON (else a JSON array), from its content type.
+pub fn is_ndjson(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|ct| ct.split(';').next())
+        .map(|ct| {
+            let ct = ct.trim();
+            ct.eq_ignore_ascii_case("application/x-ndjson")
+                || ct.eq_ignore_ascii_case("application/jsonl")
+        })
+        .unwrap_or(false)
+}
+
+fn convert(raw: RawItem, position: usize) -> Result<Item, ApiError> {
+    let (payload, is_json) = match (raw.data, raw.data_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BatchInvalid(format!(
+                "item {position}: give data or data_base64, not both"
+            )))
+        }
+        (Some(data), None) => (Bytes::from(data.get().as_bytes().to_vec()), true),
+        (None, Some(b64)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|_| {
+                    ApiError::BatchInvalid(format!("item {position}: data_base64 is not base64"))
+                })?;
+            (Bytes::from(bytes), false)
+        }
+        (None, None) => (Bytes::new(), false),
+    };
+    Ok(Item {
+        subject: raw.subject,
+        payload,
+        is_json,
+        headers: raw.headers,
+        idempotency_key: raw.idempotency_key,
+    })
+}
+
+/// Parses a whole batch body, or explains why it is malformed.
+pub fn parse(body: &[u8], ndjson: bool) -> Result<Vec<Item>, ApiError> {
+    let raw: Vec<RawItem> = if ndjson {
+        let mut items = Vec::new();
+        for (n, line) in body.split(|b| *b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            if items.len() == MAX_ITEMS {
+                return Err(too_many());
+            }
+            let item = serde_json::from_slice(line).map_err(|e| {
+                ApiError::BatchInvalid(format!("line {}: {e}", n + 1))
+            })?;
+            items.push(item);
+        }
+        items
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BatchInvalid(format!("body is not a JSON array of items: {e}")))?
+    };
+    if raw.is_empty() {
+        return Err(ApiError::BatchInvalid("the batch holds no items".into()));
+    }
+    if raw.len() > MAX_ITEMS {
+        return Err(too_many());
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, item)| convert(item, i))
+        .collect()
+}
+
+fn too_many() -> ApiError {
+    ApiError::BatchInvalid(format!("a batch holds at most {MAX_ITEMS} items"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_array_and_ndjson_parse_the_same() {
+        let array = br#"[{"subject":"a.b","data":{"x": 1}},{"subject":"a.c","data_base64":"aGk=","headers":{"ce-id":"1"},"idempotency_key":"k"}]"#;
+        let ndjson = b"{\"subject\":\"a.b\",\"data\":{\"x\": 1}}\r\n\n{\"subject\":\"a.c\",\"data_base64\":\"aGk=\",\"headers\":{\"ce-id\":\"1\"},\"idempotency_key\":\"k\"}\n";
+        let a = parse(array, false).expect("array");
+        let n = parse(ndjson, true).expect("ndjson");
+        assert_eq!(a, n);
+        assert_eq!(a[0].payload.as_ref(), br#"{"x": 1}"#, "data is stored byte for byte");
+        assert!(a[0].is_json);
+        assert_eq!(a[1].payload.as_ref(), b"hi");
+        assert_eq!(a[1].idempotency_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn malformed_batches_are_refused_whole() {
+        let table: Vec<(&[u8], bool)> = vec![
+            (b"", false),
+            (b"[]", false),
+            (b"{}", false),
+            (b"[{\"data\":1}]", false),
+            (b"[{\"subject\":\"a\",\"extra\":1}]", false),
+            (b"[{\"subject\":\"a\",\"data\":1,\"data_base64\":\"aGk=\"}]", false),
+            (b"[{\"subject\":\"a\",\"data_base64\":\"%%%\"}]", false),
+            (b"[{\"subject\":\"a\"},", false),
+            (b"{\"subject\":\"a\"}\nnot json\n", true),
+            (b"\n\n", true),
+        ];
+        for (body, ndjson) in table {
+            let err = parse(body, ndjson).expect_err(&String::from_utf8_lossy(body));
+            assert_eq!(err.code(), "batch_invalid");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let mut bomb = String::from("[{\"subject\":\"a\",\"data\":");
+        bomb.push_str(&"[".repeat(100_000));
+        let err = parse(bomb.as_bytes(), false).expect_err("bomb");
+        assert_eq!(err.code(), "batch_invalid");
+    }
+
+    #[test]
+    fn item_limit_holds() {
+        let item = "{\"subject\":\"a\"}\n";
+        assert_eq!(parse(item.repeat(MAX_ITEMS).as_bytes(), true).expect("ok").len(), MAX_ITEMS);
+        assert!(parse(item.repeat(MAX_ITEMS + 1).as_bytes(), true).is_err());
+        let array = format!("[{}]", vec!["{\"subject\":\"a\"}"; MAX_ITEMS + 1].join(","));
+        assert!(parse(array.as_bytes(), false).is_err());
+    }
+
+    #[test]
+    fn content_type_selects_ndjson() {
+        assert!(is_ndjson(Some("application/x-ndjson")));
+        assert!(is_ndjson(Some("application/x-ndjson; charset=utf-8")));
+        assert!(!is_ndjson(Some("application/json")));
+        assert!(!is_ndjson(None));
+    }
+}

@@ -1,0 +1,492 @@
+//! The ingress API (SPEC section 3): `POST /v1/publish/{subject}` and the
+//! batch route. A publisher gets 200 only after JetStream's PubAck; 503
+//! means nothing was handed to NATS, 504 that it was but no PubAck came.
+
+pub mod batch;
+pub mod headers;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishErrorKind, publish::PublishAck};
+use async_nats::{Client, HeaderMap as NatsHeaders};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{Config, PublishConfig, StreamConfig};
+use crate::error::ApiError;
+use crate::health::Health;
+use crate::metrics::{Metrics, UNKNOWN_STREAM};
+use crate::subject;
+
+/// How much larger than `api.max_body` a whole batch request may be.
+pub const BATCH_BODY_FACTOR: usize = 16;
+
+/// The answer for one stored message.
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub stream: String,
+    pub seq: u64,
+    pub duplicate: bool,
+}
+
+impl From<PublishAck> for Stored {
+    fn from(ack: PublishAck) -> Self {
+        Stored {
+            stream: ack.stream,
+            seq: ack.sequence,
+            duplicate: ack.duplicate,
+        }
+    }
+}
+
+/// A message ready to be handed to JetStream.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    pub headers: NatsHeaders,
+    pub payload: Bytes,
+    /// With an id, JetStream drops repeats, so jetway may resend safely.
+    pub has_id: bool,
+}
+
+/// Publishes to JetStream on behalf of the API; shared by the routes.
+pub struct Publisher {
+    js: jetstream::Context,
+    client: Client,
+    config: PublishConfig,
+    streams: Vec<StreamConfig>,
+    request_timeout: Duration,
+    max_body: usize,
+    max_in_flight: usize,
+    in_flight: Arc<Semaphore>,
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+impl Publisher {
+    pub fn new(
+        js: jetstream::Context,
+        client: Client,
+        config: &Config,
+        metrics: Metrics,
+        health: Arc<Health>,
+    ) -> Publisher {
+        Publisher {
+            js,
+            client,
+            config: config.publish.clone(),
+            streams: config.streams.clone(),
+            request_timeout: config.nats.request_timeout,
+            max_body: config.api.max_body,
+            max_in_flight: config.api.max_in_flight,
+            in_flight: Arc::new(Semaphore::new(config.api.max_in_flight)),
+            metrics,
+            health,
+        }
+    }
+
+    /// The stream label for a subject: the configured stream capturing it.
+    fn stream_label(&self, subject: &str) -> &str {
+        self.streams
+            .iter()
+            .find(|s| s.subjects.iter().any(|p| subject::matches(p, subject)))
+            .map(|s| s.name.as_str())
+            .unwrap_or(UNKNOWN_STREAM)
+    }
+
+    fn record(&self, subject: &str, result: &Result<Stored, ApiError>, started: Option<Instant>) {
+        let (stream, outcome) = match result {
+            Ok(s) if s.duplicate => (s.stream.as_str(), "duplicate"),
+            Ok(s) => (s.stream.as_str(), "ok"),
+            Err(e) => (self.stream_label(subject), e.publish_outcome()),
+        };
+        self.metrics
+            .publish_total
+            .with_label_values(&[stream, outcome])
+            .inc();
+        if let Some(started) = started {
+            self.metrics
+                .publish_duration_seconds
+                .with_label_values(&[stream])
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Counts a request refused before any subject was known.
+    pub fn record_refused(&self, err: &ApiError) {
+        self.metrics
+            .publish_total
+            .with_label_values(&[UNKNOWN_STREAM, err.publish_outcome()])
+            .inc();
+    }
+
+    /// Admits `n` publishes under the in-flight limit, or sheds them.
+    fn admit(&self, n: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        if self.health.is_shutting_down() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let n = u32::try_from(n.clamp(1, self.max_in_flight)).unwrap_or(u32::MAX);
+        self.in_flight
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| ApiError::Overloaded)
+    }
+
+    /// Waits until every admitted publish has its answer.
+    pub async fn drain(&self) {
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        // The semaphore is never closed, so this only waits.
+        let _ = self.in_flight.acquire_many(all).await;
+    }
+
+    /// Subject rules and `publish.allow`.
+    pub fn check_subject(&self, subject: &str) -> Result<(), ApiError> {
+        subject::validate(subject)?;
+        if let Some(allow) = &self.config.allow {
+            if !allow.iter().any(|p| subject::matches(p, subject)) {
+                return Err(ApiError::Forbidden(subject.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_size(&self, payload: &Bytes) -> Result<(), ApiError> {
+        let server_max = usize::try_from(self.client.server_info().max_payload).unwrap_or(0);
+        if payload.len() > self.max_body {
+            Err(ApiError::PayloadTooLarge(format!(
+                "body is larger than api.max_body ({} bytes)",
+                self.max_body
+            )))
+        } else if server_max > 0 && payload.len() > server_max {
+            Err(ApiError::PayloadTooLarge(format!(
+                "body is larger than the NATS server's max_payload ({server_max} bytes)"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// 503 unless connected: a publish handed to a disconnected client would
+    /// be queued and might be stored later, so "not stored" could not be
+    /// promised.
+    fn ensure_connected(&self) -> Result<(), ApiError> {
+        if self.health.is_shutting_down() {
+            return Err(ApiError::ShuttingDown);
+        }
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(ApiError::NatsUnavailable(
+                "not connected to NATS; nothing was stored".into(),
+            )),
+        }
+    }
+
+    /// Hands the message to the client; `Ok` means it may be stored.
+    async fn send(&self, msg: &Outgoing) -> Result<jetstream::context::PublishAckFuture, ApiError> {
+        self.js
+            .send_publish(
+                msg.subject.clone(),
+                jetstream::message::PublishMessage::build()
+                    .payload(msg.payload.clone())
+                    .headers(msg.headers.clone()),
+            )
+            .await
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::MaxPayloadExceeded => ApiError::PayloadTooLarge(
+                    "message is larger than the NATS server's max_payload".into(),
+                ),
+                _ => ApiError::NatsUnavailable(format!("could not send to NATS: {e}")),
+            })
+    }
+
+    /// Awaits the PubAck. A message with an id is resent (same id) while
+    /// the deadline allows, so a cluster electing a new stream leader costs
+    /// the client nothing.
+    async fn confirm(
+        &self,
+        msg: &Outgoing,
+        mut ack: jetstream::context::PublishAckFuture,
+        deadline: Instant,
+    ) -> Result<Stored, ApiError> {
+        let per_try = if msg.has_id {
+            (self.request_timeout / 4).max(Duration::from_millis(250))
+        } else {
+            self.request_timeout
+        };
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let wait = per_try.min(remaining);
+            let result = match tokio::time::timeout(wait, std::future::IntoFuture::into_future(ack)).await {
+                Ok(r) => r,
+                Err(_) => Err(PublishErrorKind::TimedOut.into()),
+            };
+            let err = match result {
+                Ok(ack) => return Ok(ack.into()),
+                Err(e) => e,
+            };
+            let retryable = msg.has_id
+                && matches!(
+                    err.kind(),
+                    PublishErrorKind::TimedOut
+                        | PublishErrorKind::BrokenPipe
+                        | PublishErrorKind::StreamNotFound
+                )
+                && Instant::now() + Duration::from_millis(50) < deadline;
+            if !retryable {
+                return Err(self.classify(msg, err).await);
+            }
+            tracing::debug!(subject = %msg.subject, error = %err, "no PubAck yet; resending with the same id");
+            if err.kind() == PublishErrorKind::StreamNotFound {
+                // No responders: give an election a moment before resending.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ack = match self.send(msg).await {
+                Ok(a) => a,
+                // It was handed over before: the outcome is unknown.
+                Err(_) => return Err(ApiError::Timeout(self.request_timeout)),
+            };
+        }
+    }
+
+    async fn classify(&self, msg: &Outgoing, err: jetstream::context::PublishError) -> ApiError {
+        match err.kind() {
+            PublishErrorKind::StreamNotFound => ApiError::NoStream(msg.subject.clone()),
+            PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId => {
+                ApiError::Conflict {
+                    message: "an expected-sequence header did not hold".into(),
+                    last_sequence: self.last_sequence(msg).await,
+                }
+            }
+            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+                ApiError::Timeout(self.request_timeout)
+            }
+            PublishErrorKind::MaxPayloadExceeded => ApiError::PayloadTooLarge(
+                "message is larger than the NATS server's max_payload".into(),
+            ),
+            _ => {
+                let code = std::error::Error::source(&err)
+                    .and_then(|s| s.downcast_ref::<jetstream::Error>())
+                    .map(|e| e.error_code());
+                match code {
+                    Some(jetstream::ErrorCode::STREAM_NOT_MATCH) => ApiError::Conflict {
+                        message: "Jetway-Expected-Stream does not match the stream that captures the subject".into(),
+                        last_sequence: None,
+                    },
+                    Some(jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) => {
+                        ApiError::PayloadTooLarge("message is larger than the stream allows".into())
+                    }
+                    _ => ApiError::NatsUnavailable(format!("JetStream refused the message: {err}")),
+                }
+            }
+        }
+    }
+
+    /// The sequence the expectation was checked against, looked up after a
+    /// conflict: the subject's last message or the stream's last sequence.
+    async fn last_sequence(&self, msg: &Outgoing) -> Option<u64> {
+        let stream_name = self.js.stream_by_subject(msg.subject.clone()).await.ok()?;
+        let stream = self.js.get_stream(&stream_name).await.ok()?;
+        if msg.headers.get("Nats-Expected-Last-Subject-Sequence").is_some() {
+            match stream.get_last_raw_message_by_subject(&msg.subject).await {
+                Ok(m) => Some(m.sequence),
+                Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Some(0),
+                Err(_) => None,
+            }
+        } else {
+            Some(stream.cached_info().state.last_sequence)
+        }
+    }
+
+    /// Publishes one message and answers only after its PubAck.
+    pub async fn publish(&self, msg: Outgoing) -> Result<Stored, ApiError> {
+        let started = Instant::now();
+        let result = async {
+            self.ensure_connected()?;
+            let ack = self.send(&msg).await?;
+            self.confirm(&msg, ack, started + self.request_timeout).await
+        }
+        .await;
+        self.record(&msg.subject, &result, Some(started));
+        result
+    }
+
+    fn generated_id() -> String {
+        format!("jw-{:032x}", rand::random::<u128>())
+    }
+
+    /// Builds the message of a single publish request.
+    fn prepare(&self, subject: String, headers: &HeaderMap, payload: Bytes) -> Result<Outgoing, ApiError> {
+        self.check_subject(&subject)?;
+        self.check_size(&payload)?;
+        let mapped = headers::map_headers(headers, &payload, &self.config, Self::generated_id)?;
+        Ok(Outgoing {
+            subject,
+            has_id: mapped.msg_id.is_some(),
+            headers: mapped.headers,
+            payload,
+        })
+    }
+
+    /// Builds the message of one batch item, mapping its headers as a
+    /// single publish's request headers are mapped.
+    fn prepare_item(&self, item: batch::Item) -> Result<Outgoing, ApiError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &item.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ApiError::HeaderInvalid(format!("`{name}` is not a header name")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| ApiError::HeaderInvalid(format!("header {name} has an invalid value")))?;
+            headers.insert(name, value);
+        }
+        if let Some(key) = &item.idempotency_key {
+            let value = HeaderValue::from_str(key)
+                .map_err(|_| ApiError::HeaderInvalid("idempotency_key has an invalid value".into()))?;
+            headers.insert("idempotency-key", value);
+        }
+        if item.is_json && !headers.contains_key(header::CONTENT_TYPE) {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        self.prepare(item.subject, &headers, item.payload)
+    }
+
+    /// Publishes a batch: every item is sent before any PubAck is awaited
+    /// (pipelined, in input order), then the answers are collected.
+    pub async fn publish_batch(&self, items: Vec<batch::Item>) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
+        let started = Instant::now();
+        let prepared: Vec<(String, Result<Outgoing, ApiError>)> = items
+            .into_iter()
+            .map(|item| (item.subject.clone(), self.prepare_item(item)))
+            .collect();
+        if let Err(e) = self.ensure_connected() {
+            for (subject, _) in &prepared {
+                self.record(subject, &Err(e.clone()), None);
+            }
+            return Err(e);
+        }
+        let deadline = started + self.request_timeout;
+        let mut pending = Vec::with_capacity(prepared.len());
+        for (subject, item) in prepared {
+            let sent = match item {
+                Ok(msg) => match self.send(&msg).await {
+                    Ok(ack) => Ok((msg, ack)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            pending.push((subject, sent));
+        }
+        let results = futures::future::join_all(pending.into_iter().map(|(subject, sent)| async move {
+            let result = match sent {
+                Ok((msg, ack)) => self.confirm(&msg, ack, deadline).await,
+                Err(e) => Err(e),
+            };
+            self.record(&subject, &result, Some(started));
+            result
+        }))
+        .await;
+        Ok(results)
+    }
+}
+
+/// Reads a request body up to `limit` bytes; a larger one (declared or
+/// streamed, e.g. chunked) is refused as soon as it crosses the limit.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge(format!("body is larger than {limit} bytes"));
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(ApiError::BadRequest("the request body could not be read".into())),
+    }
+}
+
+/// `POST /v1/publish/{subject}`.
+pub async fn publish_one(
+    State(publisher): State<Arc<Publisher>>,
+    Path(subject): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let admitted = async {
+        let permit = publisher.admit(1)?;
+        publisher.check_subject(&subject)?;
+        let payload = read_body(&headers, body, publisher.max_body).await?;
+        let msg = publisher.prepare(subject.clone(), &headers, payload)?;
+        Ok::<_, ApiError>((permit, msg))
+    }
+    .await;
+    let (_permit, msg) = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            publisher.record(&subject, &Err(e.clone()), None);
+            return e.into_response();
+        }
+    };
+    match publisher.publish(msg).await {
+        Ok(stored) => (StatusCode::OK, Json(stored)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct BatchAnswer {
+    results: Vec<serde_json::Value>,
+}
+
+/// `POST /v1/publish`: a batch.
+pub async fn publish_batch(
+    State(publisher): State<Arc<Publisher>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let ndjson = batch::is_ndjson(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+        if publisher.health.is_shutting_down() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let limit = publisher.max_body.saturating_mul(BATCH_BODY_FACTOR);
+        let body = read_body(&headers, body, limit).await?;
+        let items = batch::parse(&body, ndjson)?;
+        let _permit = publisher.admit(items.len())?;
+        publisher.publish_batch(items).await
+    }
+    .await;
+    match result {
+        Ok(results) => {
+            let all_ok = results.iter().all(|r| r.is_ok());
+            let results = results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(stored) => serde_json::to_value(stored).unwrap_or_default(),
+                    Err(e) => e.body(),
+                })
+                .collect();
+            let status = if all_ok { StatusCode::OK } else { StatusCode::MULTI_STATUS };
+            (status, Json(BatchAnswer { results })).into_response()
+        }
+        Err(e) => {
+            if !matches!(e, ApiError::NatsUnavailable(_)) {
+                // A refused batch has no subject yet; the connection error
+                // was counted per item by publish_batch.
+                publisher.record_refused(&e);
+            }
+            e.into_response()
+        }
+    }
+}
