@@ -1,0 +1,483 @@
+//! Test harness: a real nats-server per test (free port, own store), a
+//! whole sidecar in-process or as the real binary, and an HTTP endpoint
+//! that records what it receives.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+
+/// How long any polled condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `check` until it returns `Some`, or panics after `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn nats_server_bin() -> PathBuf {
+    jetway::dev::find_nats_server()
+        .expect("nats-server not found: apt-get install -y nats-server or set NATS_SERVER_BIN")
+}
+
+/// A nats-server child process with JetStream, its own store and port.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    pub store: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        Nats::start_with(&[])
+    }
+
+    pub fn start_with(extra_args: &[&str]) -> Nats {
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            store: tempfile::tempdir().expect("tempdir"),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(nats_server_bin())
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store.path())
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Stops the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// A client for checking what was stored.
+    pub async fn client(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.url()).await.expect("connect");
+        async_nats::jetstream::new(client)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            signal(c.id(), "CONT");
+        }
+        self.stop();
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+/// A config with one stream (`ORDERS`, subjects `orders.>`) for `nats`,
+/// plus `extra` YAML appended (subscriptions and the like).
+pub fn config_yaml(nats: &Nats, extra: &str) -> String {
+    format!(
+        "app_id: test\n\
+         shutdown_grace: 5s\n\
+         nats: {{ url: \"{}\", request_timeout: 2s, connect_timeout: 2s }}\n\
+         streams:\n  - {{ name: ORDERS, subjects: [\"orders.>\"], duplicate_window: 2m }}\n\
+         {extra}",
+        nats.url()
+    )
+}
+
+/// A whole sidecar running inside the test process.
+pub struct Sidecar {
+    pub api: SocketAddr,
+    pub metrics: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), jetway::RunError>>>,
+    pub http: reqwest::Client,
+}
+
+impl Sidecar {
+    pub async fn start(yaml: &str) -> Sidecar {
+        let config = jetway::Config::from_yaml(yaml, Vec::new()).expect("valid test config");
+        let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (api_addr, metrics_addr) = (api.local_addr().expect("addr"), metrics.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(jetway::run(
+            config,
+            jetway::Listeners { api, metrics },
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let s = Sidecar {
+            api: api_addr,
+            metrics: metrics_addr,
+            stop: Some(tx),
+            task: Some(task),
+            http: reqwest::Client::new(),
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.metrics);
+        let http = self.http.clone();
+        eventually("sidecar ready", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => Some(()),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.metrics))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// The value of one series, e.g. `metric("jetway_publish_total", &[("outcome","ok")])`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics_text().await, name, labels).unwrap_or(0.0)
+    }
+
+    pub async fn publish(&self, subject: &str, body: &'static [u8]) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/v1/publish/{subject}")))
+            .body(body)
+            .send()
+            .await
+            .expect("publish request")
+    }
+
+    /// Graceful shutdown, as on SIGTERM; waits until `run` returned.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("run ended cleanly");
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Parses the Prometheus text for a series whose labels include `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let all = labels
+            .iter()
+            .all(|(k, v)| series_labels.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+        if all {
+            *total.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+        }
+    }
+    total
+}
+
+/// One request the endpoint received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+}
+
+type Behaviour = dyn Fn(&Received, usize) -> BoxedAnswer + Send + Sync;
+type BoxedAnswer = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// An HTTP endpoint that records every request and answers as told.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Endpoint {
+    /// Answers 200 to everything.
+    pub async fn ok() -> Endpoint {
+        Endpoint::start(|_, _| async { StatusCode::OK.into_response() }).await
+    }
+
+    /// Answers with `behave(request, n)` where n counts requests from 0.
+    pub async fn start<F, Fut>(behave: F) -> Endpoint
+    where
+        F: Fn(&Received, usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Endpoint::serve(listener, behave)
+    }
+
+    /// Serves on a given listener (to come up on a port chosen earlier).
+    pub fn serve<F, Fut>(listener: TcpListener, behave: F) -> Endpoint
+    where
+        F: Fn(&Received, usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        let addr = listener.local_addr().expect("addr");
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let behave: Arc<Behaviour> = Arc::new(move |r, n| Box::pin(behave(r, n)));
+        let (rec, inf, max) = (received.clone(), in_flight.clone(), max_in_flight.clone());
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let (rec, inf, max, behave) = (rec.clone(), inf.clone(), max.clone(), behave.clone());
+            async move {
+                let now = inf.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(now, Ordering::SeqCst);
+                let r = Received { headers, body };
+                let n = {
+                    let mut all = rec.lock().expect("lock");
+                    all.push(r.clone());
+                    all.len() - 1
+                };
+                let answer = behave(&r, n).await;
+                inf.fetch_sub(1, Ordering::SeqCst);
+                answer
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Endpoint {
+            addr,
+            received,
+            in_flight,
+            max_in_flight,
+            task: Arc::new(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("lock").len()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests per Idempotency-Key.
+    pub fn by_key(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for r in self.received() {
+            *m.entry(r.header("idempotency-key").unwrap_or_default()).or_default() += 1;
+        }
+        m
+    }
+
+    /// Stops serving; the port then refuses connections.
+    pub fn shutdown(&self) {
+        self.task.abort();
+    }
+
+    /// Waits until `n` requests arrived.
+    pub async fn wait_for(&self, n: usize) {
+        let me = self.clone();
+        eventually(&format!("{n} requests at the endpoint"), || {
+            let c = me.count();
+            async move { (c >= n).then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// The jetway binary as a child process.
+pub struct Process {
+    pub child: Child,
+    pub api: SocketAddr,
+    pub metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Writes `yaml` (plus free api/metrics ports) and runs `jetway run`.
+    pub fn spawn(yaml: &str) -> Process {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let path = dir.path().join("jetway.yaml");
+        std::fs::write(
+            &path,
+            format!("{yaml}\napi: {{ listen: \"{api}\" }}\nmetrics: {{ listen: \"{metrics}\" }}\n"),
+        )
+        .expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_jetway"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn jetway");
+        Process {
+            child,
+            api,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.metrics);
+        let http = reqwest::Client::new();
+        eventually("jetway process ready", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => Some(()),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        signal(self.child.id(), "TERM");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "jetway did not exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
