@@ -8,3 +8,9 @@ scripts/install-nats-server.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --lib --bins --tests
+# The same end-to-end paths against a current server (2.14).
+if latest=$(scripts/nats-server-latest.sh); then
+  NATS_SERVER_BIN="$latest" cargo test --locked --test smoke
+else
+  echo "warning: could not fetch nats-server 2.14; newer-server tests skipped" >&2
+fi

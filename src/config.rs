@@ -328,11 +328,27 @@ fn apply_overrides(root: &mut Value, env: &[(String, String)], problems: &mut Ve
         };
         if let Err(message) = set_path(root, &segments, value) {
             problems.push(Problem {
-                path: segments.join("."),
+                path: display_path(&segments),
                 message: format!("cannot apply {key}: {message}"),
             });
         }
     }
+}
+
+/// `subscriptions[0].endpoint`, as problems in the file are named.
+fn display_path(segments: &[String]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        if s.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{s}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(s);
+        }
+    }
+    out
 }
 
 fn set_path(node: &mut Value, segments: &[String], value: Value) -> Result<(), String> {
@@ -519,6 +535,15 @@ fn string(v: &Value) -> Result<String, String> {
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
         _ => Err("expected a string".into()),
+    }
+}
+
+/// A token or password: a YAML number would be silently rewritten (`0x1F`
+/// becomes 31), so only strings are taken.
+fn secret(v: &Value) -> Result<Secret, String> {
+    match v {
+        Value::String(s) => Ok(Secret(s.clone())),
+        _ => Err("must be a string; quote it (e.g. \"0123\")".into()),
     }
 }
 
@@ -713,6 +738,12 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
         p,
     );
     let level = log.or("level", "info".to_string(), string, p);
+    if !is_valid_log_level(&level) {
+        p.push(Problem {
+            path: "log.level".into(),
+            message: format!("`{level}` is not a level (trace, debug, info, warn, error, off) or filter"),
+        });
+    }
 
     let nats = parse_nats(&top, p);
     let api = parse_api(&top, p);
@@ -766,7 +797,7 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
 
     let app = top.child("app", &["health_url", "callback_token"], p);
     let health_url = app.opt("health_url", |v| http_uri(&string(v)?), p);
-    let callback_token = app.opt("callback_token", string, p).map(Secret);
+    let callback_token = app.opt("callback_token", secret, p);
 
     let subscriptions = parse_subscriptions(&top, p);
 
@@ -795,6 +826,17 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
         },
         subscriptions,
     })
+}
+
+/// A level (`info`) or a filter of `target=level` directives; a bare word
+/// that is not a level is a typo, not a target.
+fn is_valid_log_level(level: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    tracing_subscriber::EnvFilter::try_new(level).is_ok()
+        && level
+            .split(',')
+            .map(str::trim)
+            .all(|d| d.contains('=') || LEVELS.contains(&d.to_ascii_lowercase().as_str()))
 }
 
 fn socket_addr(v: &Value) -> Result<SocketAddr, String> {
@@ -842,9 +884,9 @@ fn parse_nats(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<NatsConfig> {
 
     let creds = nats.opt("credentials_file", path_buf, p);
     let seed = nats.opt("nkey_seed_file", path_buf, p);
-    let token = nats.opt("token", string, p);
+    let token = nats.opt("token", secret, p);
     let user = nats.opt("user", string, p);
-    let password = nats.opt("password", string, p);
+    let password = nats.opt("password", secret, p);
     for (key, file) in [("credentials_file", &creds), ("nkey_seed_file", &seed)] {
         if let Some(file) = file {
             if let Err(e) = std::fs::metadata(file) {
@@ -874,11 +916,8 @@ fn parse_nats(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<NatsConfig> {
     let auth = match (creds, seed, token, user, password) {
         (Some(c), _, _, _, _) => NatsAuth::CredentialsFile(c),
         (_, Some(s), _, _, _) => NatsAuth::NkeySeedFile(s),
-        (_, _, Some(t), _, _) => NatsAuth::Token(Secret(t)),
-        (_, _, _, Some(user), Some(password)) => NatsAuth::UserPassword {
-            user,
-            password: Secret(password),
-        },
+        (_, _, Some(t), _, _) => NatsAuth::Token(t),
+        (_, _, _, Some(user), Some(password)) => NatsAuth::UserPassword { user, password },
         _ => NatsAuth::None,
     };
 
@@ -942,7 +981,7 @@ fn parse_api(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<ApiConfig> {
         socket_addr,
         p,
     );
-    let token = api.opt("token", string, p).map(Secret);
+    let token = api.opt("token", secret, p);
     if matches!(&token, Some(t) if t.0.is_empty()) {
         p.push(Problem {
             path: "api.token".into(),
@@ -1064,6 +1103,14 @@ fn parse_streams(top: &Section<'_>, p: &mut Vec<Problem>) -> Vec<StreamConfig> {
         }
         let max_age = s.or("max_age", Duration::ZERO, duration, p);
         let duplicate_window = s.or("duplicate_window", Duration::from_secs(120), duration, p);
+        if !max_age.is_zero() && duplicate_window > max_age {
+            p.push(Problem {
+                path: s.path("duplicate_window"),
+                message: format!(
+                    "must not be longer than max_age ({max_age:?}); NATS refuses such a stream"
+                ),
+            });
+        }
         if let Some(name) = name {
             out.push(StreamConfig {
                 name,
@@ -1480,6 +1527,36 @@ subscriptions:
         assert_eq!(paths("app_id: a\napi: { listen: '0.0.0.0:1' }\n"), vec!["api.listen"]);
         assert!(load("app_id: a\napi: { listen: '0.0.0.0:1', token: t }\n").is_ok());
         assert!(load("app_id: a\napi: { listen: '0.0.0.0:1', insecure_listen: true }\n").is_ok());
+    }
+
+    #[test]
+    fn secrets_must_be_quoted_strings() {
+        assert_eq!(paths("app_id: a\napi: { token: 0x1F }\n"), vec!["api.token"]);
+        assert!(load("app_id: a\napi: { token: \"0x1F\" }\n").is_ok());
+    }
+
+    #[test]
+    fn log_level_typos_are_caught() {
+        assert_eq!(paths("app_id: a\nlog: { level: inof }\n"), vec!["log.level"]);
+        assert!(load("app_id: a\nlog: { level: debug }\n").is_ok());
+        assert!(load("app_id: a\nlog: { level: \"warn,jetway=debug\" }\n").is_ok());
+    }
+
+    #[test]
+    fn duplicate_window_cannot_outlast_max_age() {
+        assert_eq!(
+            paths("app_id: a\nstreams: [{ name: S, subjects: [s], max_age: 1m }]\n"),
+            vec!["streams[0].duplicate_window"]
+        );
+        assert!(load("app_id: a\nstreams: [{ name: S, subjects: [s], max_age: 1m, duplicate_window: 30s }]\n").is_ok());
+    }
+
+    #[test]
+    fn override_problems_are_named_like_file_problems() {
+        let env = vec![("JETWAY_SUBSCRIPTIONS__3__NAME".to_string(), "x".to_string())];
+        let yaml = "app_id: a\nsubscriptions: [{name: s, subject: x, endpoint: 'http://127.0.0.1:1/'}]\n";
+        let err = Config::from_yaml(yaml, env).expect_err("no such item");
+        assert_eq!(err.problems()[0].path, "subscriptions[3].name");
     }
 
     #[test]

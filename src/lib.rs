@@ -115,8 +115,15 @@ pub async fn run(
     tracing::info!("shutting down: no new publishes, draining deliveries");
     health.begin_shutdown();
     provisioning.abort();
-    publisher.drain().await;
-    delivery.shutdown(config.shutdown_grace).await;
+    // Publishes already handed to NATS end within request_timeout; the
+    // bound also covers a client stalling mid-body.
+    let drain_publishes = async {
+        let bound = config.nats.request_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(bound, publisher.drain()).await.is_err() {
+            tracing::warn!("publishes still open after the request timeout; closing them");
+        }
+    };
+    tokio::join!(drain_publishes, delivery.shutdown(config.shutdown_grace));
     stop_http.cancel();
     let _ = api.await;
     let _ = health_server.await;

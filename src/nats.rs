@@ -182,10 +182,22 @@ pub fn dead_letter_stream(d: &DeadLetterConfig) -> stream::Config {
         name: d.stream.clone(),
         subjects: vec![DLQ_SUBJECTS.to_string()],
         storage: stream::StorageType::File,
+        num_replicas: 1,
         max_age: d.max_age,
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: dlq_duplicate_window(d.max_age),
         allow_direct: true,
         ..Default::default()
+    }
+}
+
+/// The dead-letter stream's duplicate window: 2 minutes, but never longer
+/// than its `max_age` (the server refuses that).
+fn dlq_duplicate_window(max_age: Duration) -> Duration {
+    let window = Duration::from_secs(120);
+    if max_age.is_zero() {
+        window
+    } else {
+        window.min(max_age)
     }
 }
 
@@ -309,6 +321,21 @@ mod tests {
         assert_eq!(diffs.len(), 2, "{diffs:?}");
         assert!(diffs[0].starts_with("subjects"));
         assert!(diffs[1].starts_with("replicas"));
+    }
+
+    #[test]
+    fn a_fresh_dead_letter_stream_matches_what_jetway_creates() {
+        let d = DeadLetterConfig {
+            stream: "JETWAY_DLQ".into(),
+            max_age: Duration::from_secs(60),
+        };
+        let wanted = dead_letter_stream(&d);
+        assert_eq!(wanted.num_replicas, 1);
+        assert_eq!(wanted.duplicate_window, Duration::from_secs(60));
+        // What the server reports back for it.
+        let mut server = wanted.clone();
+        server.num_replicas = 1;
+        assert!(stream_differences(&wanted, &server).is_empty());
     }
 
     #[test]
