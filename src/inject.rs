@@ -143,7 +143,11 @@ fn inject_resource(
     opts: &InjectOptions,
     document: usize,
 ) -> Result<(), InjectError> {
-    let Some(kind) = resource.get("kind").and_then(Value::as_str).map(str::to_owned) else {
+    let Some(kind) = resource
+        .get("kind")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
         return Ok(());
     };
     let name = resource
@@ -176,8 +180,10 @@ fn inject_resource(
     };
     let annotations = template.get("metadata").and_then(|m| m.get("annotations"));
     if !is_enabled(annotations) {
-        // A common mistake: the annotation on the Deployment instead of its template.
-        if !template_path.is_empty() {
+        // A common mistake: the annotation on the Deployment instead of its
+        // template (an explicit value on the template wins).
+        let on_template = annotations.and_then(|a| a.get(ANNOTATION_INJECT)).is_some();
+        if !template_path.is_empty() && !on_template {
             let outer = resource.get("metadata").and_then(|m| m.get("annotations"));
             if is_enabled(outer) {
                 return Err(InjectError::AnnotationOnWorkload { resource: label });
@@ -208,7 +214,13 @@ fn inject_resource(
             path: dotted(template_path, "spec"),
             expected: "a mapping",
         })?;
-    inject_pod_spec(spec, &plan, opts.legacy, &label, &dotted(template_path, "spec"))
+    inject_pod_spec(
+        spec,
+        &plan,
+        opts.legacy,
+        &label,
+        &dotted(template_path, "spec"),
+    )
 }
 
 /// What the annotations ask for.
@@ -304,7 +316,10 @@ fn inject_pod_spec(
         return Ok(());
     }
     for list in ["initContainers", "containers"] {
-        if !matches!(spec.get(list), None | Some(Value::Null | Value::Sequence(_))) {
+        if !matches!(
+            spec.get(list),
+            None | Some(Value::Null | Value::Sequence(_))
+        ) {
             return Err(InjectError::Malformed {
                 resource: label.to_owned(),
                 path: format!("{path}.{list}"),
@@ -336,12 +351,12 @@ fn inject_pod_spec(
         }
     }
 
-    let container = sidecar_container(
-        &plan.image,
-        plan.credentials_secret.is_some(),
-        !legacy,
-    );
-    let list = if legacy { "containers" } else { "initContainers" };
+    let container = sidecar_container(&plan.image, plan.credentials_secret.is_some(), !legacy);
+    let list = if legacy {
+        "containers"
+    } else {
+        "initContainers"
+    };
     sequence_mut(spec, list, label, path)?.push(container);
     Ok(())
 }

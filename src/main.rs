@@ -43,6 +43,9 @@ enum Command {
         /// YAML file, or - for stdin.
         #[arg(short = 'f', long = "filename", default_value = "-")]
         file: String,
+        /// The same as -f: a file, or - for stdin.
+        #[arg(value_name = "FILE", conflicts_with = "file")]
+        input: Option<String>,
         /// Sidecar image.
         #[arg(long, default_value = jetway::inject::DEFAULT_IMAGE)]
         image: String,
@@ -121,7 +124,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             })
         }),
-        (Some(Command::Inject { file, image, legacy }), _) => inject(&file, image, legacy),
+        (Some(Command::Inject {
+            file,
+            input,
+            image,
+            legacy,
+        }), _) => inject(input.as_deref().unwrap_or(&file), image, legacy),
         (None, None) => {
             eprintln!("jetway: give a command (run, check, dev, inject) or --config FILE; see jetway --help");
             Err(ExitCode::from(EXIT_INVALID as u8))
