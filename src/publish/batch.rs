@@ -91,15 +91,15 @@ pub fn parse(body: &[u8], ndjson: bool) -> Result<Vec<Item>, ApiError> {
             if items.len() == MAX_ITEMS {
                 return Err(too_many());
             }
-            let item = serde_json::from_slice(line).map_err(|e| {
-                ApiError::BatchInvalid(format!("line {}: {e}", n + 1))
-            })?;
+            let item = serde_json::from_slice(line)
+                .map_err(|e| ApiError::BatchInvalid(format!("line {}: {e}", n + 1)))?;
             items.push(item);
         }
         items
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::BatchInvalid(format!("body is not a JSON array of items: {e}")))?
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::BatchInvalid(format!("body is not a JSON array of items: {e}"))
+        })?
     };
     if raw.is_empty() {
         return Err(ApiError::BatchInvalid("the batch holds no items".into()));
@@ -128,7 +128,11 @@ mod tests {
         let a = parse(array, false).expect("array");
         let n = parse(ndjson, true).expect("ndjson");
         assert_eq!(a, n);
-        assert_eq!(a[0].payload.as_ref(), br#"{"x": 1}"#, "data is stored byte for byte");
+        assert_eq!(
+            a[0].payload.as_ref(),
+            br#"{"x": 1}"#,
+            "data is stored byte for byte"
+        );
         assert!(a[0].is_json);
         assert_eq!(a[1].payload.as_ref(), b"hi");
         assert_eq!(a[1].idempotency_key.as_deref(), Some("k"));
@@ -142,7 +146,10 @@ mod tests {
             (b"{}", false),
             (b"[{\"data\":1}]", false),
             (b"[{\"subject\":\"a\",\"extra\":1}]", false),
-            (b"[{\"subject\":\"a\",\"data\":1,\"data_base64\":\"aGk=\"}]", false),
+            (
+                b"[{\"subject\":\"a\",\"data\":1,\"data_base64\":\"aGk=\"}]",
+                false,
+            ),
             (b"[{\"subject\":\"a\",\"data_base64\":\"%%%\"}]", false),
             (b"[{\"subject\":\"a\"},", false),
             (b"{\"subject\":\"a\"}\nnot json\n", true),
@@ -165,7 +172,12 @@ mod tests {
     #[test]
     fn item_limit_holds() {
         let item = "{\"subject\":\"a\"}\n";
-        assert_eq!(parse(item.repeat(MAX_ITEMS).as_bytes(), true).expect("ok").len(), MAX_ITEMS);
+        assert_eq!(
+            parse(item.repeat(MAX_ITEMS).as_bytes(), true)
+                .expect("ok")
+                .len(),
+            MAX_ITEMS
+        );
         assert!(parse(item.repeat(MAX_ITEMS + 1).as_bytes(), true).is_err());
         let array = format!("[{}]", vec!["{\"subject\":\"a\"}"; MAX_ITEMS + 1].join(","));
         assert!(parse(array.as_bytes(), false).is_err());

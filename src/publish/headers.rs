@@ -161,7 +161,11 @@ pub fn map_headers(
     };
 
     if let Some(seq) = sequence(headers, "jetway-expected-last-subject-sequence")? {
-        put(&mut out, "Nats-Expected-Last-Subject-Sequence", &seq.to_string())?;
+        put(
+            &mut out,
+            "Nats-Expected-Last-Subject-Sequence",
+            &seq.to_string(),
+        )?;
     }
     if let Some(seq) = sequence(headers, "jetway-expected-last-sequence")? {
         put(&mut out, "Nats-Expected-Last-Sequence", &seq.to_string())?;
@@ -184,9 +188,9 @@ pub fn map_headers(
         if !stored {
             continue;
         }
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::HeaderInvalid(format!("header {name} is not printable ASCII")))?;
+        let value = value.to_str().map_err(|_| {
+            ApiError::HeaderInvalid(format!("header {name} is not printable ASCII"))
+        })?;
         if name == "traceparent" && !is_valid_traceparent(value) {
             return Err(ApiError::HeaderInvalid(format!(
                 "traceparent `{value}` is not a W3C trace context"
@@ -300,22 +304,58 @@ mod tests {
         assert_eq!(stored(&m), want);
     }
 
+    /// Request headers, body, and the code they must be refused with.
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [u8], &'a str);
+
     #[test]
     fn bad_headers_are_400_with_the_right_code() {
-        let table: Vec<(Vec<(&str, &str)>, &[u8], &str)> = vec![
-            (vec![("jetway-expected-last-sequence", "x")], b"", "header_invalid"),
-            (vec![("jetway-expected-last-subject-sequence", "-1")], b"", "header_invalid"),
-            (vec![("jetway-expected-stream", "A.B")], b"", "header_invalid"),
-            (vec![("traceparent", "00-zz-00f067aa0ba902b7-01")], b"", "header_invalid"),
-            (vec![("idempotency-key", "")], b"", "header_invalid"),
-            (vec![("ce-specversion", "1.0"), ("ce-id", "1")], b"", "cloudevent_invalid"),
+        let table: Vec<Case> = vec![
             (
-                vec![("ce-specversion", "0.3"), ("ce-id", "1"), ("ce-source", "s"), ("ce-type", "t")],
+                vec![("jetway-expected-last-sequence", "x")],
+                b"",
+                "header_invalid",
+            ),
+            (
+                vec![("jetway-expected-last-subject-sequence", "-1")],
+                b"",
+                "header_invalid",
+            ),
+            (
+                vec![("jetway-expected-stream", "A.B")],
+                b"",
+                "header_invalid",
+            ),
+            (
+                vec![("traceparent", "00-zz-00f067aa0ba902b7-01")],
+                b"",
+                "header_invalid",
+            ),
+            (vec![("idempotency-key", "")], b"", "header_invalid"),
+            (
+                vec![("ce-specversion", "1.0"), ("ce-id", "1")],
                 b"",
                 "cloudevent_invalid",
             ),
-            (vec![("content-type", CLOUDEVENTS_JSON)], b"[1]", "cloudevent_invalid"),
-            (vec![("content-type", CLOUDEVENTS_JSON)], b"not json", "cloudevent_invalid"),
+            (
+                vec![
+                    ("ce-specversion", "0.3"),
+                    ("ce-id", "1"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                ],
+                b"",
+                "cloudevent_invalid",
+            ),
+            (
+                vec![("content-type", CLOUDEVENTS_JSON)],
+                b"[1]",
+                "cloudevent_invalid",
+            ),
+            (
+                vec![("content-type", CLOUDEVENTS_JSON)],
+                b"not json",
+                "cloudevent_invalid",
+            ),
             (
                 vec![("content-type", CLOUDEVENTS_JSON)],
                 br#"{"specversion":"1.0","id":"1","source":"s"}"#,
@@ -334,15 +374,23 @@ mod tests {
             assert_eq!(err.status().as_u16(), 400);
         }
         let long = "k".repeat(MAX_ID_LEN + 1);
-        let err = map_headers(&req(&[("idempotency-key", &long)]), b"", &cfg(), String::new)
-            .expect_err("too long");
+        let err = map_headers(
+            &req(&[("idempotency-key", &long)]),
+            b"",
+            &cfg(),
+            String::new,
+        )
+        .expect_err("too long");
         assert_eq!(err.code(), "header_invalid");
     }
 
     #[test]
     fn non_ascii_header_values_are_refused() {
         let mut h = HeaderMap::new();
-        h.insert("x-tenant", HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"));
+        h.insert(
+            "x-tenant",
+            HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"),
+        );
         let err = map_headers(&h, b"", &cfg(), String::new).expect_err("non-ascii");
         assert_eq!(err.code(), "header_invalid");
     }
@@ -362,7 +410,10 @@ mod tests {
         )
         .expect("valid");
         let structured = map_headers(
-            &req(&[("content-type", "application/cloudevents+json; charset=utf-8")]),
+            &req(&[(
+                "content-type",
+                "application/cloudevents+json; charset=utf-8",
+            )]),
             br#"{"specversion":"1.0","id":"42","source":"/orders","type":"created"}"#,
             &cfg(),
             || unreachable!(),
@@ -371,9 +422,15 @@ mod tests {
         assert_eq!(binary.msg_id, structured.msg_id);
         assert_eq!(binary.msg_id, Some(cloudevent_msg_id("/orders", "42")));
         assert_ne!(cloudevent_msg_id("/a", "b1"), cloudevent_msg_id("/ab", "1"));
-        assert_ne!(cloudevent_msg_id("/orders", "42"), cloudevent_msg_id("/payments", "42"));
+        assert_ne!(
+            cloudevent_msg_id("/orders", "42"),
+            cloudevent_msg_id("/payments", "42")
+        );
         let keyed = map_headers(
-            &req(&[("content-type", CLOUDEVENTS_JSON), ("idempotency-key", "mine")]),
+            &req(&[
+                ("content-type", CLOUDEVENTS_JSON),
+                ("idempotency-key", "mine"),
+            ]),
             br#"{"specversion":"1.0","id":"42","source":"/orders","type":"created"}"#,
             &cfg(),
             || unreachable!(),
@@ -398,9 +455,15 @@ mod tests {
     #[test]
     fn traceparent_validation() {
         assert!(is_valid_traceparent(TP));
-        assert!(!is_valid_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
-        assert!(!is_valid_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        assert!(!is_valid_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
+        assert!(!is_valid_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_valid_traceparent(
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_valid_traceparent(
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
         assert!(!is_valid_traceparent(""));
     }
 }

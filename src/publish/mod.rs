@@ -28,6 +28,10 @@ use crate::subject;
 
 /// How much larger than `api.max_body` a whole batch request may be.
 pub const BATCH_BODY_FACTOR: usize = 16;
+/// Wait before resending after "no responders" (a stream leader election).
+const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(100);
+/// Least time a resent message is given for its PubAck.
+const MIN_RESEND_WAIT: Duration = Duration::from_millis(100);
 
 /// The answer for one stored message.
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
@@ -159,7 +163,7 @@ impl Publisher {
     }
 
     fn check_size(&self, payload: &Bytes) -> Result<(), ApiError> {
-        let server_max = usize::try_from(self.client.server_info().max_payload).unwrap_or(0);
+        let server_max = self.client.server_info().max_payload;
         if payload.len() > self.max_body {
             Err(ApiError::PayloadTooLarge(format!(
                 "body is larger than api.max_body ({} bytes)",
@@ -224,14 +228,23 @@ impl Publisher {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let wait = per_try.min(remaining);
-            let result = match tokio::time::timeout(wait, std::future::IntoFuture::into_future(ack)).await {
-                Ok(r) => r,
-                Err(_) => Err(PublishErrorKind::TimedOut.into()),
-            };
+            let result =
+                match tokio::time::timeout(wait, std::future::IntoFuture::into_future(ack)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(PublishErrorKind::TimedOut.into()),
+                };
             let err = match result {
                 Ok(ack) => return Ok(ack.into()),
                 Err(e) => e,
             };
+            // No responders: give an election a moment before resending.
+            let pause = if err.kind() == PublishErrorKind::StreamNotFound {
+                NO_RESPONDERS_PAUSE
+            } else {
+                Duration::ZERO
+            };
+            // A resend needs time left for its answer; one cut short by the
+            // deadline would turn a definite answer (404) into an unknown (504).
             let retryable = msg.has_id
                 && matches!(
                     err.kind(),
@@ -239,15 +252,12 @@ impl Publisher {
                         | PublishErrorKind::BrokenPipe
                         | PublishErrorKind::StreamNotFound
                 )
-                && Instant::now() + Duration::from_millis(50) < deadline;
+                && Instant::now() + pause + MIN_RESEND_WAIT < deadline;
             if !retryable {
                 return Err(self.classify(msg, err).await);
             }
             tracing::debug!(subject = %msg.subject, error = %err, "no PubAck yet; resending with the same id");
-            if err.kind() == PublishErrorKind::StreamNotFound {
-                // No responders: give an election a moment before resending.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            tokio::time::sleep(pause).await;
             ack = match self.send(msg).await {
                 Ok(a) => a,
                 // It was handed over before: the outcome is unknown.
@@ -294,10 +304,18 @@ impl Publisher {
     async fn last_sequence(&self, msg: &Outgoing) -> Option<u64> {
         let stream_name = self.js.stream_by_subject(msg.subject.clone()).await.ok()?;
         let stream = self.js.get_stream(&stream_name).await.ok()?;
-        if msg.headers.get("Nats-Expected-Last-Subject-Sequence").is_some() {
+        if msg
+            .headers
+            .get("Nats-Expected-Last-Subject-Sequence")
+            .is_some()
+        {
             match stream.get_last_raw_message_by_subject(&msg.subject).await {
                 Ok(m) => Some(m.sequence),
-                Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Some(0),
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    Some(0)
+                }
                 Err(_) => None,
             }
         } else {
@@ -311,7 +329,8 @@ impl Publisher {
         let result = async {
             self.ensure_connected()?;
             let ack = self.send(&msg).await?;
-            self.confirm(&msg, ack, started + self.request_timeout).await
+            self.confirm(&msg, ack, started + self.request_timeout)
+                .await
         }
         .await;
         self.record(&msg.subject, &result, Some(started));
@@ -323,7 +342,12 @@ impl Publisher {
     }
 
     /// Builds the message of a single publish request.
-    fn prepare(&self, subject: String, headers: &HeaderMap, payload: Bytes) -> Result<Outgoing, ApiError> {
+    fn prepare(
+        &self,
+        subject: String,
+        headers: &HeaderMap,
+        payload: Bytes,
+    ) -> Result<Outgoing, ApiError> {
         self.check_subject(&subject)?;
         self.check_size(&payload)?;
         let mapped = headers::map_headers(headers, &payload, &self.config, Self::generated_id)?;
@@ -342,24 +366,32 @@ impl Publisher {
         for (name, value) in &item.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ApiError::HeaderInvalid(format!("`{name}` is not a header name")))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| ApiError::HeaderInvalid(format!("header {name} has an invalid value")))?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                ApiError::HeaderInvalid(format!("header {name} has an invalid value"))
+            })?;
             headers.insert(name, value);
         }
         if let Some(key) = &item.idempotency_key {
-            let value = HeaderValue::from_str(key)
-                .map_err(|_| ApiError::HeaderInvalid("idempotency_key has an invalid value".into()))?;
+            let value = HeaderValue::from_str(key).map_err(|_| {
+                ApiError::HeaderInvalid("idempotency_key has an invalid value".into())
+            })?;
             headers.insert("idempotency-key", value);
         }
         if item.is_json && !headers.contains_key(header::CONTENT_TYPE) {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
         self.prepare(item.subject, &headers, item.payload)
     }
 
     /// Publishes a batch: every item is sent before any PubAck is awaited
     /// (pipelined, in input order), then the answers are collected.
-    pub async fn publish_batch(&self, items: Vec<batch::Item>) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
+    pub async fn publish_batch(
+        &self,
+        items: Vec<batch::Item>,
+    ) -> Result<Vec<Result<Stored, ApiError>>, ApiError> {
         let started = Instant::now();
         let prepared: Vec<(String, Result<Outgoing, ApiError>)> = items
             .into_iter()
@@ -383,18 +415,24 @@ impl Publisher {
             };
             pending.push((subject, sent));
         }
-        let results = futures::future::join_all(pending.into_iter().map(|(subject, sent)| async move {
-            let result = match sent {
-                Ok((msg, ack)) => self.confirm(&msg, ack, deadline).await,
-                Err(e) => Err(e),
-            };
-            self.record(&subject, &result, Some(started));
-            result
-        }))
-        .await;
+        let results =
+            futures::future::join_all(pending.into_iter().map(|(subject, sent)| async move {
+                let result = match sent {
+                    Ok((msg, ack)) => self.confirm(&msg, ack, deadline).await,
+                    Err(e) => Err(e),
+                };
+                self.record(&subject, &result, Some(started));
+                result
+            }))
+            .await;
         Ok(results)
     }
 }
+
+/// How much of a refused body is still read and thrown away, and for how
+/// long, so the client sees the 413 before the connection closes.
+const LINGER_BYTES: usize = 16 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// Reads a request body up to `limit` bytes; a larger one (declared or
 /// streamed, e.g. chunked) is refused as soon as it crosses the limit.
@@ -406,14 +444,54 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > limit as u64 {
+            if !expects_continue(headers) {
+                linger(body);
+            }
             return Err(too_large());
         }
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(_) => Err(ApiError::BadRequest("the request body could not be read".into())),
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                linger(body);
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
     }
+    Ok(buf.freeze())
+}
+
+/// A client waiting for `100 Continue` sends no body once refused.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reads and discards what follows a refused body, up to `LINGER_BYTES` or
+/// `LINGER_TIME`, while the 413 is sent. Closing a connection with unread
+/// data makes the kernel reset it, and a client still sending would then
+/// see a broken pipe instead of the 413 (and likely retry); web servers'
+/// "lingering close" for the same reason. Never buffered.
+fn linger(mut body: Body) {
+    tokio::spawn(async move {
+        let mut left = LINGER_BYTES;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let n = frame.data_ref().map_or(0, |d| d.len());
+                if n >= left {
+                    break;
+                }
+                left -= n;
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
 }
 
 /// `POST /v1/publish/{subject}`.
@@ -456,7 +534,11 @@ pub async fn publish_batch(
     body: Body,
 ) -> Response {
     let result = async {
-        let ndjson = batch::is_ndjson(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+        let ndjson = batch::is_ndjson(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
         if publisher.health.is_shutting_down() {
             return Err(ApiError::ShuttingDown);
         }
@@ -477,7 +559,11 @@ pub async fn publish_batch(
                     Err(e) => e.body(),
                 })
                 .collect();
-            let status = if all_ok { StatusCode::OK } else { StatusCode::MULTI_STATUS };
+            let status = if all_ok {
+                StatusCode::OK
+            } else {
+                StatusCode::MULTI_STATUS
+            };
             (status, Json(BatchAnswer { results })).into_response()
         }
         Err(e) => {
