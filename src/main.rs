@@ -103,7 +103,6 @@ fn inject(file: &str, image: String, legacy: bool) -> Result<(), ExitCode> {
     let opts = jetway::inject::InjectOptions {
         image,
         legacy,
-        ..Default::default()
     };
     let out = jetway::inject::inject(&input, &opts).map_err(|e| {
         eprintln!("jetway inject: {e}");
