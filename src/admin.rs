@@ -34,19 +34,27 @@ impl From<DlqError> for ApiError {
 
 /// `GET /v1/subscriptions`.
 pub async fn list_subscriptions(State(delivery): State<Arc<Delivery>>) -> Response {
-    let statuses = futures::future::join_all(delivery.subscriptions().iter().map(|s| delivery.status(s))).await;
+    let statuses =
+        futures::future::join_all(delivery.subscriptions().iter().map(|s| delivery.status(s)))
+            .await;
     Json(serde_json::json!({ "subscriptions": statuses })).into_response()
 }
 
 /// `POST /v1/subscriptions/{name}/pause`.
-pub async fn pause(State(delivery): State<Arc<Delivery>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub async fn pause(
+    State(delivery): State<Arc<Delivery>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     let sub = find(&delivery, &name)?;
     delivery.pause(sub);
     Ok(Json(delivery.status(sub).await).into_response())
 }
 
 /// `POST /v1/subscriptions/{name}/resume`.
-pub async fn resume(State(delivery): State<Arc<Delivery>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub async fn resume(
+    State(delivery): State<Arc<Delivery>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     let sub = find(&delivery, &name)?;
     delivery.resume(sub);
     Ok(Json(delivery.status(sub).await).into_response())
@@ -82,10 +90,15 @@ pub async fn list_dead_letters(
 ) -> Result<Response, ApiError> {
     let Query(page) = page.map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
     if page.limit == 0 || page.limit > MAX_PAGE {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
     }
     let sub = find(&delivery, &name)?;
-    let (messages, next) = delivery.dead_letters.list(sub.name(), page.after, page.limit).await?;
+    let (messages, next) = delivery
+        .dead_letters
+        .list(sub.name(), page.after, page.limit)
+        .await?;
     Ok(Json(DeadLetterPage {
         items: messages.iter().map(dead_letter::item).collect(),
         next,
@@ -160,7 +173,9 @@ pub async fn get_message(
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("`{seq}` is not a sequence number")))?;
     if !crate::config::is_valid_stream_name(&stream_name) {
-        return Err(ApiError::BadRequest(format!("`{stream_name}` is not a stream name")));
+        return Err(ApiError::BadRequest(format!(
+            "`{stream_name}` is not a stream name"
+        )));
     }
     let stream = js
         .get_stream_no_info(&stream_name)

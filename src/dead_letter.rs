@@ -61,7 +61,10 @@ pub struct DeadLetters {
 
 /// Cuts `s` to at most `max` bytes on a character boundary, on one line.
 pub fn truncate(s: &str, max: usize) -> String {
-    let one_line: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if one_line.len() <= max {
         return one_line;
     }
@@ -77,7 +80,9 @@ fn header<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> Option<&'a str>
 }
 
 /// Headers of a stored message as a JSON-friendly map.
-pub fn header_map(headers: &async_nats::HeaderMap) -> std::collections::BTreeMap<String, Vec<String>> {
+pub fn header_map(
+    headers: &async_nats::HeaderMap,
+) -> std::collections::BTreeMap<String, Vec<String>> {
     headers
         .iter()
         .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
@@ -96,7 +101,11 @@ impl DeadLetters {
 
     /// The dead-letter message: original body and headers plus the
     /// `Jetway-Original-*` and `Jetway-Dlq-*` headers.
-    pub fn message_headers(env: &Envelope, failure: &Failure, msg_id: &str) -> async_nats::HeaderMap {
+    pub fn message_headers(
+        env: &Envelope,
+        failure: &Failure,
+        msg_id: &str,
+    ) -> async_nats::HeaderMap {
         let mut headers = async_nats::HeaderMap::new();
         for (name, values) in env.headers.iter() {
             let lower = AsRef::<str>::as_ref(name).to_ascii_lowercase();
@@ -113,11 +122,17 @@ impl DeadLetters {
                 headers.append(name.clone(), v.clone());
             }
         }
-        let now = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        let now = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
         headers.insert("Nats-Msg-Id", msg_id);
         insert(&mut headers, "Jetway-Original-Subject", &env.subject);
         insert(&mut headers, "Jetway-Original-Stream", &env.stream);
-        insert(&mut headers, "Jetway-Original-Sequence", &env.sequence.to_string());
+        insert(
+            &mut headers,
+            "Jetway-Original-Sequence",
+            &env.sequence.to_string(),
+        );
         if let Ok(published) = env.published.format(&Rfc3339) {
             insert(&mut headers, "Jetway-Original-Published-At", &published);
         }
@@ -125,8 +140,16 @@ impl DeadLetters {
         if let Some(status) = failure.status {
             insert(&mut headers, "Jetway-Dlq-Status", &status.to_string());
         }
-        insert(&mut headers, "Jetway-Dlq-Error", &truncate(&failure.error, MAX_ERROR_LEN));
-        insert(&mut headers, "Jetway-Dlq-Attempts", &failure.attempts.to_string());
+        insert(
+            &mut headers,
+            "Jetway-Dlq-Error",
+            &truncate(&failure.error, MAX_ERROR_LEN),
+        );
+        insert(
+            &mut headers,
+            "Jetway-Dlq-Attempts",
+            &failure.attempts.to_string(),
+        );
         insert(&mut headers, "Jetway-Dlq-At", &now);
         headers
     }
@@ -197,16 +220,27 @@ impl DeadLetters {
                     next = msg.sequence.saturating_add(1);
                     out.push(msg);
                 }
-                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => break,
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    break
+                }
                 Err(e) => return Err(DlqError::Stream(e.to_string())),
             }
         }
         let more = out.len() == limit && self.has_after(&stream, &subject, next).await;
-        let cursor = if more { out.last().map(|m| m.sequence) } else { None };
+        let cursor = if more {
+            out.last().map(|m| m.sequence)
+        } else {
+            None
+        };
         Ok((out, cursor))
     }
 
-    async fn has_after(&self, stream: &jetstream::stream::Stream<()>, subject: &str, from: u64) -> bool {
+    async fn has_after(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        subject: &str,
+        from: u64,
+    ) -> bool {
         stream
             .raw_message_builder()
             .sequence(from)
@@ -282,8 +316,12 @@ pub fn read(msg: &StreamMessage) -> (Envelope, Failure) {
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH)
         });
     let env = Envelope {
-        subject: header(h, "Jetway-Original-Subject").unwrap_or_default().to_string(),
-        stream: header(h, "Jetway-Original-Stream").unwrap_or_default().to_string(),
+        subject: header(h, "Jetway-Original-Subject")
+            .unwrap_or_default()
+            .to_string(),
+        stream: header(h, "Jetway-Original-Stream")
+            .unwrap_or_default()
+            .to_string(),
         sequence: header(h, "Jetway-Original-Sequence")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
@@ -298,7 +336,9 @@ pub fn read(msg: &StreamMessage) -> (Envelope, Failure) {
             _ => Reason::Rejected,
         },
         status: header(h, "Jetway-Dlq-Status").and_then(|v| v.parse().ok()),
-        error: header(h, "Jetway-Dlq-Error").unwrap_or_default().to_string(),
+        error: header(h, "Jetway-Dlq-Error")
+            .unwrap_or_default()
+            .to_string(),
         attempts,
     };
     (env, failure)
@@ -316,7 +356,9 @@ pub fn item(msg: &StreamMessage) -> Item {
         status: failure.status,
         error: Some(failure.error).filter(|e| !e.is_empty()),
         attempts: failure.attempts,
-        at: header(&msg.headers, "Jetway-Dlq-At").unwrap_or_default().to_string(),
+        at: header(&msg.headers, "Jetway-Dlq-At")
+            .unwrap_or_default()
+            .to_string(),
         headers: header_map(&msg.headers),
         data_base64: base64::engine::general_purpose::STANDARD.encode(&msg.payload),
     }
@@ -361,7 +403,10 @@ mod tests {
         };
         let stored = DeadLetters::message_headers(&env, &failure, "ORDERS:9:c");
         assert!(stored.get("Nats-Expected-Last-Sequence").is_none());
-        assert_eq!(stored.get("Nats-Msg-Id").map(|v| v.as_str()), Some("ORDERS:9:c"));
+        assert_eq!(
+            stored.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some("ORDERS:9:c")
+        );
         let msg = StreamMessage {
             subject: "jetway.dlq.app.s".into(),
             sequence: 5,
@@ -376,7 +421,10 @@ mod tests {
         assert_eq!(back.attempt, 4);
         assert_eq!(back.published, env.published);
         assert_eq!(back.idempotency_key(), "m1");
-        assert_eq!(back.headers.get("Content-Type").map(|v| v.as_str()), Some("text/plain"));
+        assert_eq!(
+            back.headers.get("Content-Type").map(|v| v.as_str()),
+            Some("text/plain")
+        );
         assert_eq!(f.reason, Reason::Exhausted);
         assert_eq!(f.status, Some(503));
         assert_eq!(f.attempts, 3);

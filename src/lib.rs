@@ -127,6 +127,14 @@ pub async fn run(
     stop_http.cancel();
     let _ = api.await;
     let _ = health_server.await;
+    // drain() only queues the request: flush first so the last acks,
+    // NAKs and PubAck waits are on the wire before the process exits.
+    if tokio::time::timeout(Duration::from_secs(5), client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("flushing the NATS connection timed out");
+    }
     match tokio::time::timeout(Duration::from_secs(5), client.drain()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "draining the NATS connection failed"),

@@ -41,8 +41,16 @@ use retry::{Action, Outcome, Reason};
 
 /// How long one pull request waits for messages.
 const FETCH_WAIT: Duration = Duration::from_secs(2);
+/// Delay of the NAK that hands back a message this sidecar cannot deliver
+/// now (app down, unhealthy, or subscription paused). Longer than a pull
+/// request lives, so the message never bounces straight back into the pull
+/// it came from (each bounce would cost an attempt); other replicas take
+/// it after the delay.
+const HAND_BACK_DELAY: Duration = Duration::from_secs(FETCH_WAIT.as_secs() + 1);
 /// Longest wait between probes of a down endpoint.
 const MAX_PROBE_DELAY: Duration = Duration::from_secs(2);
+/// How long shutdown waits for the last acks to reach the server.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often consumer lag is read for the metrics.
 const LAG_REFRESH: Duration = Duration::from_secs(5);
 /// Most bytes of a response body read (the first KiB goes into dead letters).
@@ -157,7 +165,9 @@ struct InFlight<'a> {
 
 impl<'a> InFlight<'a> {
     fn new(sub: &'a Subscription, metrics: &Metrics) -> Self {
-        let gauge = metrics.deliveries_in_flight.with_label_values(&[sub.name()]);
+        let gauge = metrics
+            .deliveries_in_flight
+            .with_label_values(&[sub.name()]);
         gauge.inc();
         sub.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight { sub, gauge }
@@ -175,9 +185,15 @@ impl Drop for InFlight<'_> {
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     #[error("subscription {subscription}: no stream captures subject {subject}; add it to `streams` or set `stream`")]
-    NoStream { subscription: String, subject: String },
+    NoStream {
+        subscription: String,
+        subject: String,
+    },
     #[error("subscription {subscription}: {message}")]
-    Consumer { subscription: String, message: String },
+    Consumer {
+        subscription: String,
+        message: String,
+    },
 }
 
 /// The live view of a subscription for `/v1/subscriptions`.
@@ -306,7 +322,10 @@ impl Delivery {
                 .await
                 .map_err(|e| err(format!("stream {stream_name}: {e}")))?;
             let wanted = consumer_config(&sub.config, &sub.consumer_name);
-            let consumer = match stream.get_consumer::<pull::Config>(&sub.consumer_name).await {
+            let consumer = match stream
+                .get_consumer::<pull::Config>(&sub.consumer_name)
+                .await
+            {
                 Ok(mut existing) => {
                     let info = existing
                         .info()
@@ -343,10 +362,9 @@ impl Delivery {
                         existing
                     }
                 }
-                Err(_) => stream
-                    .create_consumer(wanted)
-                    .await
-                    .map_err(|e| err(format!("cannot create consumer {}: {e}", sub.consumer_name)))?,
+                Err(_) => stream.create_consumer(wanted).await.map_err(|e| {
+                    err(format!("cannot create consumer {}: {e}", sub.consumer_name))
+                })?,
             };
             let _ = sub.stream.set(stream_name);
             let _ = sub.consumer.set(consumer);
@@ -378,9 +396,25 @@ impl Delivery {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(?grace, "deliveries still in flight after the grace period; handing them back");
+            tracing::warn!(
+                ?grace,
+                "deliveries still in flight after the grace period; handing them back"
+            );
             self.abort.cancel();
             while workers.join_next().await.is_some() {}
+        }
+        // Acks and NAKs are only queued on the connection; a flush (PING,
+        // PONG) makes sure the server has them before the process exits,
+        // else acknowledged messages would be delivered again and handed
+        // back ones would wait out the ack wait.
+        match tokio::time::timeout(FLUSH_TIMEOUT, self.js.client().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "flushing the last acks failed; JetStream redelivers those messages")
+            }
+            Err(_) => tracing::warn!(
+                "flushing the last acks timed out; JetStream redelivers those messages"
+            ),
         }
     }
 
@@ -402,6 +436,14 @@ impl Delivery {
         } else {
             State::Running
         }
+    }
+
+    /// Whether a message may be tried now: not paused, app healthy,
+    /// endpoint reachable.
+    fn deliverable(&self, sub: &Subscription) -> bool {
+        !*sub.paused.borrow()
+            && *self.app_healthy.borrow()
+            && sub.endpoint_up.load(Ordering::SeqCst)
     }
 
     /// Live numbers of one subscription.
@@ -433,7 +475,10 @@ impl Delivery {
         if was && !up {
             tracing::warn!(subscription = sub.name(), endpoint = %sub.config.endpoint, "endpoint not reachable; pausing delivery until it answers");
         } else if !was && up {
-            tracing::info!(subscription = sub.name(), "endpoint reachable again; resuming delivery");
+            tracing::info!(
+                subscription = sub.name(),
+                "endpoint reachable again; resuming delivery"
+            );
         }
     }
 
@@ -455,7 +500,10 @@ impl Delivery {
                 continue;
             }
             if !*healthy.borrow_and_update() {
-                self.metrics.endpoint_up.with_label_values(&[sub.name()]).set(0.0);
+                self.metrics
+                    .endpoint_up
+                    .with_label_values(&[sub.name()])
+                    .set(0.0);
                 tokio::select! {
                     _ = healthy.wait_for(|h| *h) => {}
                     _ = self.stop.cancelled() => return false,
@@ -474,7 +522,10 @@ impl Delivery {
                 }
                 continue;
             }
-            self.metrics.endpoint_up.with_label_values(&[sub.name()]).set(1.0);
+            self.metrics
+                .endpoint_up
+                .with_label_values(&[sub.name()])
+                .set(1.0);
             return true;
         }
     }
@@ -506,7 +557,7 @@ impl Delivery {
                 }
             }
             let batch = consumer
-                .fetch()
+                .batch()
                 .max_messages(held.len())
                 .expires(FETCH_WAIT)
                 .messages()
@@ -558,7 +609,12 @@ impl Delivery {
     }
 
     /// One message, one attempt, one decision.
-    async fn deliver(self: Arc<Self>, sub: Arc<Subscription>, msg: jetstream::Message, _slot: Option<OwnedSemaphorePermit>) {
+    async fn deliver(
+        self: Arc<Self>,
+        sub: Arc<Subscription>,
+        msg: jetstream::Message,
+        _slot: Option<OwnedSemaphorePermit>,
+    ) {
         let env = match envelope(&msg) {
             Ok(env) => env,
             Err(e) => {
@@ -566,12 +622,18 @@ impl Delivery {
                 return;
             }
         };
-        let _in_flight = InFlight::new(&sub, &self.metrics);
-        if self.stop.is_cancelled() || !sub.endpoint_up.load(Ordering::SeqCst) {
-            // Not tried: no attempt spent beyond JetStream's count.
+        if self.stop.is_cancelled() {
+            // Not tried; another replica takes it at once.
             nak(&msg, None).await;
             return;
         }
+        if !self.deliverable(&sub) {
+            // Arrived in a pull that was open when the app went down, its
+            // health check failed or the subscription was paused: not tried.
+            nak(&msg, Some(HAND_BACK_DELAY)).await;
+            return;
+        }
+        let _in_flight = InFlight::new(&sub, &self.metrics);
         let attempt = {
             let call = self.call(&sub, &env);
             tokio::pin!(call);
@@ -620,7 +682,7 @@ impl Delivery {
             }
             Action::EndpointDown => {
                 self.set_endpoint_up(&sub, false);
-                nak(&msg, None).await;
+                nak(&msg, Some(HAND_BACK_DELAY)).await;
                 count("retry");
             }
             Action::DeadLetter(reason) => {
@@ -637,9 +699,19 @@ impl Delivery {
 
     /// Stores the dead letter, and only after its PubAck terminates the
     /// original. If the store fails the original is NAKed, never acked.
-    async fn dead_letter(&self, sub: &Subscription, msg: &jetstream::Message, env: &Envelope, failure: Failure) {
+    async fn dead_letter(
+        &self,
+        sub: &Subscription,
+        msg: &jetstream::Message,
+        env: &Envelope,
+        failure: Failure,
+    ) {
         let msg_id = format!("{}:{}:{}", env.stream, env.sequence, sub.consumer_name);
-        match self.dead_letters.store(sub.name(), env, &failure, &msg_id).await {
+        match self
+            .dead_letters
+            .store(sub.name(), env, &failure, &msg_id)
+            .await
+        {
             Ok(dlq_seq) => {
                 if let Err(e) = msg.ack_with(AckKind::Term).await {
                     tracing::warn!(subscription = sub.name(), error = %e, "terminating a dead-lettered message failed; its redelivery will be stored once (same id)");
@@ -664,7 +736,11 @@ impl Delivery {
             }
             Err(e) => {
                 tracing::error!(subscription = sub.name(), seq = env.sequence, error = %e, "cannot store dead letter; the message stays in its stream");
-                nak(msg, Some(retry::backoff(env.attempt, &sub.config.retry, 0.0))).await;
+                nak(
+                    msg,
+                    Some(retry::backoff(env.attempt, &sub.config.retry, 0.0)),
+                )
+                .await;
                 self.metrics
                     .deliveries_total
                     .with_label_values(&[sub.name(), "retry"])
@@ -709,7 +785,11 @@ impl Delivery {
             Ok(Err(e)) if e.is_connect() => Attempt {
                 outcome: Outcome::Refused,
                 status: None,
-                error: format!("cannot connect to {}: {}", sub.config.endpoint, error_chain(&e)),
+                error: format!(
+                    "cannot connect to {}: {}",
+                    sub.config.endpoint,
+                    error_chain(&e)
+                ),
             },
             Ok(Err(e)) => Attempt {
                 outcome: Outcome::Failed,
@@ -730,7 +810,11 @@ impl Delivery {
 
     /// Delivers dead letters again to this subscription's endpoint only.
     /// Delivered ones leave the DLQ; failed ones stay, attempts raised.
-    pub async fn replay(&self, sub: &Subscription, sequences: Option<Vec<u64>>) -> Result<Replayed, DlqError> {
+    pub async fn replay(
+        &self,
+        sub: &Subscription,
+        sequences: Option<Vec<u64>>,
+    ) -> Result<Replayed, DlqError> {
         let mut failed = 0;
         let mut messages = Vec::new();
         match sequences {
@@ -770,7 +854,8 @@ impl Delivery {
     async fn replay_one(&self, sub: &Subscription, msg: StreamMessage) -> bool {
         let (env, old) = dead_letter::read(&msg);
         let attempt = self.call(sub, &env).await;
-        let delivered = matches!(attempt.outcome, Outcome::Status { code, .. } if (200..300).contains(&code));
+        let delivered =
+            matches!(attempt.outcome, Outcome::Status { code, .. } if (200..300).contains(&code));
         if delivered {
             self.metrics
                 .deliveries_total
@@ -781,15 +866,25 @@ impl Delivery {
             // then drop the old entry.
             let failure = Failure {
                 reason: match attempt.outcome {
-                    Outcome::Status { code, .. } if !sub.config.retry.retry_on.contains(&code) => Reason::Rejected,
+                    Outcome::Status { code, .. } if !sub.config.retry.retry_on.contains(&code) => {
+                        Reason::Rejected
+                    }
                     _ => old.reason,
                 },
                 status: attempt.status,
                 error: attempt.error,
                 attempts: old.attempts + 1,
             };
-            let msg_id = format!("replay:{}:{}", self.dead_letters.subject(sub.name()), msg.sequence);
-            if let Err(e) = self.dead_letters.store(sub.name(), &env, &failure, &msg_id).await {
+            let msg_id = format!(
+                "replay:{}:{}",
+                self.dead_letters.subject(sub.name()),
+                msg.sequence
+            );
+            if let Err(e) = self
+                .dead_letters
+                .store(sub.name(), &env, &failure, &msg_id)
+                .await
+            {
                 tracing::warn!(subscription = sub.name(), dlq_seq = msg.sequence, error = %e, "replay failed and the attempt count could not be raised");
                 return false;
             }
@@ -812,9 +907,19 @@ impl Delivery {
                 ),
                 Err(_) => false,
             };
-            let changed = self.app_healthy.send_if_modified(|h| std::mem::replace(h, healthy) != healthy);
+            let changed = self
+                .app_healthy
+                .send_if_modified(|h| std::mem::replace(h, healthy) != healthy);
             if changed {
                 tracing::info!(healthy, %url, "app health changed");
+                // At once, not when each worker next looks.
+                for sub in &self.subscriptions {
+                    let up = healthy && sub.endpoint_up.load(Ordering::SeqCst);
+                    self.metrics
+                        .endpoint_up
+                        .with_label_values(&[sub.name()])
+                        .set(if up { 1.0 } else { 0.0 });
+                }
             }
             let wait = if healthy {
                 delay = Duration::from_millis(100);
@@ -914,7 +1019,11 @@ async fn probe(endpoint: &hyper::Uri) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = endpoint.port_u16().unwrap_or(80);
     matches!(
-        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((host, port))).await,
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect((host, port))
+        )
+        .await,
         Ok(Ok(_))
     )
 }
@@ -941,11 +1050,26 @@ mod tests {
     #[test]
     fn consumer_limits_follow_from_the_subscription() {
         assert_eq!(max_ack_pending(&sub(true, 16, Duration::from_secs(10))), 1);
-        assert_eq!(max_ack_pending(&sub(false, 16, Duration::from_secs(10))), 1024);
-        assert_eq!(max_ack_pending(&sub(false, 1, Duration::from_secs(10))), 1000);
-        assert_eq!(ack_wait(&sub(false, 1, Duration::from_secs(10))), Duration::from_secs(5));
-        assert_eq!(ack_wait(&sub(false, 1, Duration::from_secs(1))), Duration::from_secs(2));
-        assert_eq!(ack_wait(&sub(false, 1, Duration::from_secs(600))), Duration::from_secs(30));
+        assert_eq!(
+            max_ack_pending(&sub(false, 16, Duration::from_secs(10))),
+            1024
+        );
+        assert_eq!(
+            max_ack_pending(&sub(false, 1, Duration::from_secs(10))),
+            1000
+        );
+        assert_eq!(
+            ack_wait(&sub(false, 1, Duration::from_secs(10))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            ack_wait(&sub(false, 1, Duration::from_secs(1))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            ack_wait(&sub(false, 1, Duration::from_secs(600))),
+            Duration::from_secs(30)
+        );
         let c = consumer_config(&sub(false, 4, Duration::from_secs(10)), "app-s");
         assert_eq!(c.durable_name.as_deref(), Some("app-s"));
         assert_eq!(c.max_deliver, -1);

@@ -101,7 +101,12 @@ fn insert(headers: &mut hyper::HeaderMap, name: &'static str, value: &str) {
 
 /// Builds the POST for one attempt. `now` is the signing time, `span` the
 /// new span id.
-pub fn build(env: &Envelope, target: &Target<'_>, now: OffsetDateTime, span: u64) -> Request<Full<Bytes>> {
+pub fn build(
+    env: &Envelope,
+    target: &Target<'_>,
+    now: OffsetDateTime,
+    span: u64,
+) -> Request<Full<Bytes>> {
     let mut request = Request::new(Full::new(env.payload.clone()));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = target.endpoint.clone();
@@ -142,7 +147,11 @@ pub fn build(env: &Envelope, target: &Target<'_>, now: OffsetDateTime, span: u64
         let ts = now.unix_timestamp();
         insert(headers, "webhook-id", &key);
         insert(headers, "webhook-timestamp", &ts.to_string());
-        insert(headers, "webhook-signature", &sign(secret, &key, ts, &env.payload));
+        insert(
+            headers,
+            "webhook-signature",
+            &sign(secret, &key, ts, &env.payload),
+        );
     }
     if let Some(token) = target.callback_token {
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
@@ -150,7 +159,10 @@ pub fn build(env: &Envelope, target: &Target<'_>, now: OffsetDateTime, span: u64
         }
     }
     if !headers.contains_key(CONTENT_TYPE) && !env.payload.is_empty() {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
     }
     request
 }
@@ -164,7 +176,10 @@ mod tests {
         headers.insert("Content-Type", "application/json");
         headers.insert("ce-id", "7");
         headers.insert("x-tenant", "acme");
-        headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
         headers.insert("Nats-Expected-Last-Sequence", "3");
         headers.insert("Jetway-Original-Subject", "spoof");
         Envelope {
@@ -195,7 +210,10 @@ mod tests {
         assert_eq!(get("content-type"), "application/json");
         assert_eq!(get("ce-id"), "7");
         assert_eq!(get("x-tenant"), "acme");
-        assert_eq!(get("traceparent"), "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01");
+        assert_eq!(
+            get("traceparent"),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01"
+        );
         assert_eq!(get("jetway-subscription"), "emails");
         assert_eq!(get("jetway-subject"), "orders.created");
         assert_eq!(get("jetway-stream"), "ORDERS");

@@ -56,7 +56,12 @@ pub enum Action {
 
 /// Decides the action for `outcome` of attempt number `attempt` (1 on the
 /// first try). `jitter_sample` is uniform in [-1, 1].
-pub fn classify(outcome: &Outcome, attempt: u64, policy: &RetryPolicy, jitter_sample: f64) -> Action {
+pub fn classify(
+    outcome: &Outcome,
+    attempt: u64,
+    policy: &RetryPolicy,
+    jitter_sample: f64,
+) -> Action {
     let retry_after = match outcome {
         Outcome::Status { code, .. } if (200..300).contains(code) => return Action::Ack,
         Outcome::Refused => return Action::EndpointDown,
@@ -142,33 +147,52 @@ mod tests {
             (status(301), 1, Action::DeadLetter(Reason::Rejected)),
             (status(501), 1, Action::DeadLetter(Reason::Rejected)),
             (
-                Outcome::Status { code: 429, retry_after: Some(secs(7)) },
+                Outcome::Status {
+                    code: 429,
+                    retry_after: Some(secs(7)),
+                },
                 1,
                 Action::Retry(secs(7)),
             ),
             (
-                Outcome::Status { code: 503, retry_after: Some(secs(3600)) },
+                Outcome::Status {
+                    code: 503,
+                    retry_after: Some(secs(3600)),
+                },
                 1,
                 Action::Retry(secs(60)),
             ),
             (
-                Outcome::Status { code: 503, retry_after: Some(Duration::ZERO) },
+                Outcome::Status {
+                    code: 503,
+                    retry_after: Some(Duration::ZERO),
+                },
                 2,
                 Action::Retry(Duration::ZERO),
             ),
             (
-                Outcome::Status { code: 503, retry_after: Some(secs(1)) },
+                Outcome::Status {
+                    code: 503,
+                    retry_after: Some(secs(1)),
+                },
                 5,
                 Action::DeadLetter(Reason::Exhausted),
             ),
             (
-                Outcome::Status { code: 400, retry_after: Some(secs(1)) },
+                Outcome::Status {
+                    code: 400,
+                    retry_after: Some(secs(1)),
+                },
                 1,
                 Action::DeadLetter(Reason::Rejected),
             ),
         ];
         for (outcome, attempt, want) in table {
-            assert_eq!(classify(&outcome, attempt, &policy(), 0.0), want, "{outcome:?} attempt {attempt}");
+            assert_eq!(
+                classify(&outcome, attempt, &policy(), 0.0),
+                want,
+                "{outcome:?} attempt {attempt}"
+            );
         }
     }
 
@@ -176,8 +200,14 @@ mod tests {
     fn retry_on_is_configurable() {
         let mut p = policy();
         p.retry_on = vec![409];
-        assert_eq!(classify(&status(409), 1, &p, 0.0), Action::Retry(Duration::from_secs(1)));
-        assert_eq!(classify(&status(503), 1, &p, 0.0), Action::DeadLetter(Reason::Rejected));
+        assert_eq!(
+            classify(&status(409), 1, &p, 0.0),
+            Action::Retry(Duration::from_secs(1))
+        );
+        assert_eq!(
+            classify(&status(503), 1, &p, 0.0),
+            Action::DeadLetter(Reason::Rejected)
+        );
     }
 
     #[test]
@@ -189,7 +219,11 @@ mod tests {
         p.jitter = 0.2;
         assert_eq!(backoff(3, &p, 1.0), Duration::from_secs_f64(4.8));
         assert_eq!(backoff(3, &p, -1.0), Duration::from_secs_f64(3.2));
-        assert_eq!(backoff(10, &p, 1.0), Duration::from_secs(60), "jitter never passes the cap");
+        assert_eq!(
+            backoff(10, &p, 1.0),
+            Duration::from_secs(60),
+            "jitter never passes the cap"
+        );
         p.multiplier = 1.0;
         assert_eq!(backoff(9, &p, 0.0), Duration::from_secs(1));
     }
@@ -200,7 +234,10 @@ mod tests {
         let table = [
             ("120", Some(Duration::from_secs(120))),
             (" 0 ", Some(Duration::ZERO)),
-            ("Sun, 06 Nov 1994 08:50:37 GMT", Some(Duration::from_secs(60))),
+            (
+                "Sun, 06 Nov 1994 08:50:37 GMT",
+                Some(Duration::from_secs(60)),
+            ),
             ("Sun, 06 Nov 1994 08:00:00 GMT", Some(Duration::ZERO)),
             ("-5", None),
             ("1.5", None),
