@@ -298,13 +298,39 @@ impl Config {
     }
 }
 
+/// The top-level keys, which `JETWAY_<KEY>...` overrides start with.
+const TOP_LEVEL: [&str; 11] = [
+    "app_id",
+    "shutdown_grace",
+    "log",
+    "nats",
+    "api",
+    "metrics",
+    "streams",
+    "publish",
+    "dead_letter",
+    "app",
+    "subscriptions",
+];
+
+/// Whether an environment variable is a config override: `JETWAY_` and a
+/// top-level key. Others are not jetway's: Kubernetes gives every pod
+/// `JETWAY_PORT`, `JETWAY_SERVICE_HOST`... when a Service named jetway
+/// exists, and a sidecar must not refuse to start over them. A typo below
+/// the top level (`JETWAY_NATS__URLL`) is still an unknown key.
+fn is_override(name: &str) -> bool {
+    name.strip_prefix("JETWAY_")
+        .map(|rest| rest.split("__").next().unwrap_or(""))
+        .is_some_and(|top| TOP_LEVEL.contains(&top.to_ascii_lowercase().as_str()))
+}
+
 /// `JETWAY_NATS__URL=x` sets `nats.url`; a number segment indexes a list
 /// (`JETWAY_SUBSCRIPTIONS__0__ENDPOINT`). Values are read as YAML scalars so
 /// `true` and `16` keep their types.
 fn apply_overrides(root: &mut Value, env: &[(String, String)], problems: &mut Vec<Problem>) {
     let mut overrides: Vec<&(String, String)> = env
         .iter()
-        .filter(|(k, _)| k.starts_with("JETWAY_"))
+        .filter(|(k, _)| is_override(k))
         .collect();
     overrides.sort();
     for (key, raw) in overrides {
@@ -693,24 +719,7 @@ fn http_uri(s: &str) -> Result<Uri, String> {
 }
 
 fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
-    let top = Section::new(
-        Some(root),
-        String::new(),
-        &[
-            "app_id",
-            "shutdown_grace",
-            "log",
-            "nats",
-            "api",
-            "metrics",
-            "streams",
-            "publish",
-            "dead_letter",
-            "app",
-            "subscriptions",
-        ],
-        p,
-    );
+    let top = Section::new(Some(root), String::new(), &TOP_LEVEL, p);
 
     let app_id = top.opt("app_id", string, p);
     match &app_id {
@@ -1517,9 +1526,23 @@ subscriptions:
         assert_eq!(c.api.max_in_flight, 7);
         assert_eq!(c.subscriptions[0].concurrency, 3);
 
-        let bad = vec![("JETWAY_NOPE".to_string(), "1".to_string())];
+        let bad = vec![("JETWAY_NATS__NOPE".to_string(), "1".to_string())];
         let err = Config::from_yaml("app_id: a\n", bad).expect_err("unknown key");
-        assert_eq!(err.problems()[0].path, "nope");
+        assert_eq!(err.problems()[0].path, "nats.nope");
+    }
+
+    #[test]
+    fn kubernetes_service_variables_are_not_overrides() {
+        let env: Vec<(String, String)> = [
+            ("JETWAY_PORT", "tcp://10.0.0.1:4480"),
+            ("JETWAY_SERVICE_HOST", "10.0.0.1"),
+            ("JETWAY_SERVICE_PORT_METRICS", "4481"),
+            ("JETWAY_PORT_4480_TCP_ADDR", "10.0.0.1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert!(Config::from_yaml("app_id: a\n", env).is_ok());
     }
 
     #[test]

@@ -225,6 +225,8 @@ impl Publisher {
         } else {
             self.request_timeout
         };
+        // Whether a try went unanswered: it may have been stored.
+        let mut maybe_stored = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let wait = per_try.min(remaining);
@@ -237,6 +239,9 @@ impl Publisher {
                 Ok(ack) => return Ok(ack.into()),
                 Err(e) => e,
             };
+            if matches!(err.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe) {
+                maybe_stored = true;
+            }
             // No responders: give an election a moment before resending.
             let pause = if err.kind() == PublishErrorKind::StreamNotFound {
                 NO_RESPONDERS_PAUSE
@@ -254,7 +259,7 @@ impl Publisher {
                 )
                 && Instant::now() + pause + MIN_RESEND_WAIT < deadline;
             if !retryable {
-                return Err(self.classify(msg, err).await);
+                return Err(self.classify(msg, err, maybe_stored).await);
             }
             tracing::debug!(subject = %msg.subject, error = %err, "no PubAck yet; resending with the same id");
             tokio::time::sleep(pause).await;
@@ -266,8 +271,21 @@ impl Publisher {
         }
     }
 
-    async fn classify(&self, msg: &Outgoing, err: jetstream::context::PublishError) -> ApiError {
+    async fn classify(&self, msg: &Outgoing, err: jetstream::context::PublishError, maybe_stored: bool) -> ApiError {
         match err.kind() {
+            // No responders for a subject a configured stream captures: the
+            // stream is there but not answering (leader election, JetStream
+            // starting), so this try stored nothing.
+            PublishErrorKind::StreamNotFound if self.stream_label(&msg.subject) != UNKNOWN_STREAM => {
+                if maybe_stored {
+                    ApiError::Timeout(self.request_timeout)
+                } else {
+                    ApiError::NatsUnavailable(format!(
+                        "stream {} is not answering (no leader?); nothing was stored",
+                        self.stream_label(&msg.subject)
+                    ))
+                }
+            }
             PublishErrorKind::StreamNotFound => ApiError::NoStream(msg.subject.clone()),
             PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId => {
                 ApiError::Conflict {

@@ -76,7 +76,14 @@ impl Nats {
 
     fn spawn(&mut self) {
         let child = Command::new(nats_server_bin())
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(self.store.path())
             .args(&self.extra_args)
             .stdout(Stdio::null())
@@ -86,7 +93,10 @@ impl Nats {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + DEADLINE;
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nats-server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -170,7 +180,10 @@ impl Sidecar {
         let config = jetway::Config::from_yaml(yaml, Vec::new()).expect("valid test config");
         let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (api_addr, metrics_addr) = (api.local_addr().expect("addr"), metrics.local_addr().expect("addr"));
+        let (api_addr, metrics_addr) = (
+            api.local_addr().expect("addr"),
+            metrics.local_addr().expect("addr"),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(jetway::run(
             config,
@@ -268,9 +281,11 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         if series_name != name {
             continue;
         }
-        let all = labels
-            .iter()
-            .all(|(k, v)| series_labels.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+        let all = labels.iter().all(|(k, v)| {
+            series_labels
+                .split(',')
+                .any(|p| p == format!("{k}=\"{v}\""))
+        });
         if all {
             *total.get_or_insert(0.0) += value.parse::<f64>().ok()?;
         }
@@ -287,7 +302,10 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 }
 
@@ -380,7 +398,8 @@ impl Endpoint {
     pub fn by_key(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
         for r in self.received() {
-            *m.entry(r.header("idempotency-key").unwrap_or_default()).or_default() += 1;
+            *m.entry(r.header("idempotency-key").unwrap_or_default())
+                .or_default() += 1;
         }
         m
     }
@@ -469,7 +488,10 @@ impl Process {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();
             }
-            assert!(tokio::time::Instant::now() < deadline, "jetway did not exit after SIGTERM");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "jetway did not exit after SIGTERM"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -479,5 +501,39 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Like `spawn`, with `remove` taken out of jetway's environment: a
+    /// test's own `JETWAY_*` variable (e.g. `JETWAY_FAULTS`) would be read
+    /// as a config override and refused as an unknown key.
+    pub fn spawn_without_env(yaml: &str, remove: &[&str]) -> Process {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let path = dir.path().join("jetway.yaml");
+        std::fs::write(
+            &path,
+            format!("{yaml}\napi: {{ listen: \"{api}\" }}\nmetrics: {{ listen: \"{metrics}\" }}\n"),
+        )
+        .expect("write config");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jetway"));
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for name in remove {
+            command.env_remove(name);
+        }
+        let child = command.spawn().expect("spawn jetway");
+        Process {
+            child,
+            api,
+            metrics,
+            _dir: dir,
+        }
     }
 }

@@ -1,0 +1,1391 @@
+//! The fault suite (issue 5): real processes under load while faults are
+//! injected — the jetway binary, nats-server (one, or a 3-node cluster),
+//! and an HTTP endpoint in this test that records what it processed.
+//!
+//! Every message carries a unique key (its body, and its Idempotency-Key
+//! unless the scenario publishes without one). At the end of a scenario:
+//! every publish answered 2xx is stored exactly once (read back from the
+//! stream), every stored message was processed by the endpoint at least
+//! once, nothing is left pending in the consumer, the dead-letter stream is
+//! empty, and duplicates are counted and bounded.
+//!
+//! Profiles: quick by default (CI); `JETWAY_FAULTS=full` for the long one.
+//! Each scenario prints one `FAULTS|...` line with its figures (the source
+//! of RELIABILITY.md). Scenarios run one at a time: they measure timings.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// `nats.request_timeout` of every scenario.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much longer than `request_timeout` a publish may take to answer
+/// (scheduling on a loaded 2-core CI machine).
+const ANSWER_MARGIN: Duration = Duration::from_millis(1500);
+/// A publish not answered after this long counts as a hang.
+const HANG: Duration = Duration::from_secs(10);
+/// A publisher gives up on one key after this long.
+const KEY_DEADLINE: Duration = Duration::from_secs(90);
+/// Subscription name; the durable consumer is `test-s1`.
+const CONSUMER: &str = "test-s1";
+
+/// One scenario at a time: they share 2 cores and measure timings.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Clone, Copy, Debug)]
+struct Profile {
+    name: &'static str,
+    publishers: usize,
+    per_publisher: usize,
+    /// Pause between two publishes of one publisher.
+    pace: Duration,
+    /// How long a fault lasts (freeze, outage, flapping, ...).
+    fault: Duration,
+    /// How long everything may take to settle after the load.
+    settle: Duration,
+}
+
+fn profile() -> Profile {
+    if std::env::var("JETWAY_FAULTS").as_deref() == Ok("full") {
+        Profile {
+            name: "full",
+            publishers: 4,
+            per_publisher: 1000,
+            pace: Duration::from_millis(10),
+            fault: Duration::from_secs(8),
+            settle: Duration::from_secs(180),
+        }
+    } else {
+        Profile {
+            name: "quick",
+            publishers: 4,
+            per_publisher: 100,
+            pace: Duration::from_millis(20),
+            fault: Duration::from_secs(3),
+            settle: Duration::from_secs(90),
+        }
+    }
+}
+
+impl Profile {
+    fn total(&self) -> usize {
+        self.publishers * self.per_publisher
+    }
+
+    fn load(&self) -> String {
+        format!(
+            "{}x{} msgs @{}ms",
+            self.publishers,
+            self.per_publisher,
+            self.pace.as_millis()
+        )
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `limit`.
+async fn within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------------
+// Publishing side: concurrent publishers that account for every key.
+// ---------------------------------------------------------------------
+
+/// The API base URLs publishers use; replaced when jetway restarts.
+#[derive(Clone, Default)]
+struct Target(Arc<RwLock<Vec<String>>>);
+
+impl Target {
+    fn new(urls: &[String]) -> Target {
+        let t = Target::default();
+        t.set(urls);
+        t
+    }
+
+    fn set(&self, urls: &[String]) {
+        *self.0.write().expect("lock") = urls.to_vec();
+    }
+
+    fn pick(&self, i: usize) -> String {
+        let urls = self.0.read().expect("lock");
+        urls[i % urls.len()].clone()
+    }
+}
+
+/// The jetway binary, without this suite's `JETWAY_FAULTS` (it would be
+/// read as the config key `faults`).
+fn spawn_jetway(yaml: &str) -> Process {
+    Process::spawn_without_env(yaml, &["JETWAY_FAULTS"])
+}
+
+fn api_url(p: &Process) -> String {
+    format!("http://{}", p.api)
+}
+
+/// Deliveries a jetway process has completed (`outcome="success"`).
+async fn delivered_by(p: &Process) -> u64 {
+    let url = format!("http://{}/metrics", p.metrics);
+    let text = reqwest::get(url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    metric_value(&text, "jetway_deliveries_total", &[("outcome", "success")]).unwrap_or(0.0) as u64
+}
+
+/// What the publishers saw.
+#[derive(Default)]
+struct Ledger {
+    acked: HashSet<String>,
+    /// Keys whose outcome stays unknown (a 504 or broken connection on a
+    /// publish without id: retrying could store it twice).
+    unknown: HashSet<String>,
+    gave_up: Vec<String>,
+    /// Answers by status code, plus `conn` (no answer) and `hang`.
+    outcomes: BTreeMap<String, usize>,
+    /// Answers outside 2xx/429/503/504, with their body.
+    unexpected: Vec<String>,
+    max_answer: Duration,
+    slow_answers: usize,
+}
+
+type SharedLedger = Arc<Mutex<Ledger>>;
+
+impl Ledger {
+    fn count(&mut self, outcome: &str) {
+        *self.outcomes.entry(outcome.to_string()).or_default() += 1;
+    }
+
+    fn answered(&mut self, status: u16, took: Duration) {
+        self.count(&status.to_string());
+        self.max_answer = self.max_answer.max(took);
+        if took > REQUEST_TIMEOUT + ANSWER_MARGIN {
+            self.slow_answers += 1;
+        }
+    }
+
+    fn acked_count(l: &SharedLedger) -> usize {
+        l.lock().expect("lock").acked.len()
+    }
+}
+
+/// Starts `profile.publishers` publishers; the first `keyless` of them
+/// publish without Idempotency-Key. Each publishes its keys one after the
+/// other, retrying what may be retried, and the task ends when all are
+/// answered.
+fn start_load(
+    scenario: &str,
+    profile: Profile,
+    keyless: usize,
+    target: Target,
+    ledger: SharedLedger,
+) -> tokio::task::JoinHandle<()> {
+    let http = reqwest::Client::builder()
+        .timeout(HANG)
+        .build()
+        .expect("http client");
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..profile.publishers {
+        let (http, target, ledger) = (http.clone(), target.clone(), ledger.clone());
+        let keyed = p >= keyless;
+        let prefix = format!("{scenario}-p{p}");
+        tasks.spawn(async move {
+            let mut pick = p;
+            for i in 0..profile.per_publisher {
+                let key = format!("{prefix}-{i:06}");
+                publish_until_answered(&http, &target, &mut pick, &key, keyed, &ledger).await;
+                tokio::time::sleep(profile.pace).await;
+            }
+        });
+    }
+    tokio::spawn(async move {
+        while let Some(r) = tasks.join_next().await {
+            r.expect("publisher panicked");
+        }
+    })
+}
+
+/// What a publisher does after one try.
+enum Next {
+    Done,
+    Retry(Duration),
+}
+
+async fn publish_until_answered(
+    http: &reqwest::Client,
+    target: &Target,
+    pick: &mut usize,
+    key: &str,
+    keyed: bool,
+    ledger: &SharedLedger,
+) {
+    let first = Instant::now();
+    loop {
+        let url = format!("{}/v1/publish/orders.created", target.pick(*pick));
+        let mut request = http
+            .post(url)
+            .header("content-type", "text/plain")
+            .body(key.to_string());
+        if keyed {
+            request = request.header("idempotency-key", key);
+        }
+        let started = Instant::now();
+        let result = match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = match status {
+                    200..=299 | 429 | 503 | 504 => String::new(),
+                    _ => response.text().await.unwrap_or_default(),
+                };
+                Ok((status, body))
+            }
+            Err(e) => Err(e),
+        };
+        let took = started.elapsed();
+        let next = {
+            let mut l = ledger.lock().expect("lock");
+            match result {
+                Ok((status, body)) => {
+                    l.answered(status, took);
+                    match status {
+                        200..=299 => {
+                            l.acked.insert(key.to_string());
+                            Next::Done
+                        }
+                        429 | 503 => Next::Retry(Duration::from_millis(100)),
+                        504 if keyed => Next::Retry(Duration::from_millis(100)),
+                        504 => {
+                            l.unknown.insert(key.to_string());
+                            Next::Done
+                        }
+                        _ => {
+                            l.unexpected
+                                .push(format!("{status} after {took:?}: {body}"));
+                            if keyed {
+                                Next::Retry(Duration::from_millis(200))
+                            } else {
+                                l.unknown.insert(key.to_string());
+                                Next::Done
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.is_timeout() => {
+                    l.count("hang");
+                    l.unexpected.push(format!("no answer within {HANG:?}"));
+                    if keyed {
+                        Next::Retry(Duration::ZERO)
+                    } else {
+                        l.unknown.insert(key.to_string());
+                        Next::Done
+                    }
+                }
+                Err(e) => {
+                    // jetway is down or was killed: try the next replica.
+                    l.count("conn");
+                    *pick += 1;
+                    if keyed || e.is_connect() {
+                        Next::Retry(Duration::from_millis(50))
+                    } else {
+                        l.unknown.insert(key.to_string());
+                        Next::Done
+                    }
+                }
+            }
+        };
+        match next {
+            Next::Done => return,
+            Next::Retry(wait) => {
+                if first.elapsed() > KEY_DEADLINE {
+                    ledger.lock().expect("lock").gave_up.push(key.to_string());
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Waits until `fraction` of the scenario's messages were acknowledged:
+/// the moment to inject a fault mid-load.
+async fn wait_acked(ledger: &SharedLedger, n: usize) {
+    within(
+        Duration::from_secs(60),
+        &format!("{n} publishes acked"),
+        || {
+            let done = Ledger::acked_count(ledger) >= n;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------
+// Delivery side: endpoints that record what the app processed.
+// ---------------------------------------------------------------------
+
+/// Keys the endpoint processed (answered, or began to answer, 2xx), with
+/// how often.
+#[derive(Clone, Default)]
+struct Processed(Arc<Mutex<HashMap<String, usize>>>);
+
+impl Processed {
+    fn note(&self, key: &[u8]) {
+        let key = String::from_utf8_lossy(key).into_owned();
+        *self.0.lock().expect("lock").entry(key).or_default() += 1;
+    }
+
+    fn snapshot(&self) -> HashMap<String, usize> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
+/// A well-behaved endpoint that takes `delay(n)` per request.
+async fn recording_endpoint(
+    processed: &Processed,
+    delay: impl Fn(usize) -> Duration + Send + Sync + 'static,
+) -> Endpoint {
+    let processed = processed.clone();
+    Endpoint::start(move |r, n| {
+        let (processed, body, wait) = (processed.clone(), r.body.clone(), delay(n));
+        async move {
+            tokio::time::sleep(wait).await;
+            processed.note(&body);
+            StatusCode::OK.into_response()
+        }
+    })
+    .await
+}
+
+/// How the raw endpoint answers one request.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Ok(Duration),
+    Status(u16, Option<u32>),
+    /// Closes the connection without answering.
+    Close,
+    /// Answers bytes that are not HTTP, then closes.
+    Garbage,
+    /// A 200 head whose body never completes, then closes.
+    Truncated,
+    /// A status line followed by a broken header line.
+    BadHeader,
+}
+
+impl Answer {
+    fn name(&self) -> &'static str {
+        match self {
+            Answer::Ok(wait) if *wait >= Duration::from_secs(1) => "200-over-timeout",
+            Answer::Ok(wait) if *wait >= Duration::from_millis(100) => "200-slow",
+            Answer::Ok(_) => "200",
+            Answer::Status(..) => "503",
+            Answer::Close => "closed",
+            Answer::Garbage => "garbage",
+            Answer::Truncated => "truncated",
+            Answer::BadHeader => "bad-header",
+        }
+    }
+}
+
+type Decide = dyn Fn(usize) -> Answer + Send + Sync;
+
+/// An HTTP/1.1 endpoint written on raw TCP, so it can misbehave in ways a
+/// real server would not, and go down (listener and every connection
+/// dropped) and come back on the same port.
+#[derive(Clone)]
+struct RawEndpoint {
+    port: u16,
+    processed: Processed,
+    requests: Arc<AtomicUsize>,
+    answers: Arc<Mutex<BTreeMap<&'static str, usize>>>,
+    decide: Arc<Decide>,
+    serving: Arc<Mutex<Option<CancellationToken>>>,
+}
+
+impl RawEndpoint {
+    async fn start(
+        processed: &Processed,
+        decide: impl Fn(usize) -> Answer + Send + Sync + 'static,
+    ) -> RawEndpoint {
+        let e = RawEndpoint {
+            port: free_port(),
+            processed: processed.clone(),
+            requests: Arc::default(),
+            answers: Arc::default(),
+            decide: Arc::new(decide),
+            serving: Arc::default(),
+        };
+        e.up().await;
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/events", self.port)
+    }
+
+    /// Requests received and how each was answered, plus refusals.
+    fn stats(&self, down: u32) -> String {
+        let answers = self.answers.lock().expect("lock");
+        let parts: Vec<String> = answers.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+        format!(
+            "requests={} {} refused-periods:{down}",
+            self.requests.load(Ordering::SeqCst),
+            parts.join(",")
+        )
+    }
+
+    async fn up(&self) {
+        if self.serving.lock().expect("lock").is_some() {
+            return;
+        }
+        let port = self.port;
+        let listener = within(
+            Duration::from_secs(10),
+            "endpoint port bound again",
+            || async move { TcpListener::bind(("127.0.0.1", port)).await.ok() },
+        )
+        .await;
+        let token = CancellationToken::new();
+        *self.serving.lock().expect("lock") = Some(token.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let socket = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((socket, _)) => socket,
+                        Err(_) => continue,
+                    },
+                    _ = token.cancelled() => return,
+                };
+                let (me, token) = (me.clone(), token.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = me.connection(socket) => {}
+                        _ = token.cancelled() => {}
+                    }
+                });
+            }
+        });
+    }
+
+    /// Drops the listener and every connection: the app crashed.
+    fn down(&self) {
+        if let Some(token) = self.serving.lock().expect("lock").take() {
+            token.cancel();
+        }
+    }
+
+    /// Serves requests of one connection (keep-alive) until told to close.
+    async fn connection(&self, socket: TcpStream) -> std::io::Result<()> {
+        let (read, mut write) = socket.into_split();
+        let mut read = BufReader::new(read);
+        loop {
+            let mut line = String::new();
+            if read.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let mut length = 0usize;
+            loop {
+                line.clear();
+                if read.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                let header = line.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            read.read_exact(&mut body).await?;
+            let n = self.requests.fetch_add(1, Ordering::SeqCst);
+            let answer = (self.decide)(n);
+            *self
+                .answers
+                .lock()
+                .expect("lock")
+                .entry(answer.name())
+                .or_default() += 1;
+            match answer {
+                Answer::Ok(wait) => {
+                    tokio::time::sleep(wait).await;
+                    self.processed.note(&body);
+                    write
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await?;
+                }
+                Answer::Status(code, retry_after) => {
+                    let extra = retry_after
+                        .map(|s| format!("retry-after: {s}\r\n"))
+                        .unwrap_or_default();
+                    let answer =
+                        format!("HTTP/1.1 {code} Nope\r\n{extra}content-length: 4\r\n\r\nbusy");
+                    write.write_all(answer.as_bytes()).await?;
+                }
+                Answer::Close => return Ok(()),
+                Answer::Garbage => {
+                    write
+                        .write_all(b"\x16\x03\x01 this is not HTTP \x00\xff\r\n\r\n")
+                        .await?;
+                    return Ok(());
+                }
+                Answer::Truncated => {
+                    self.processed.note(&body);
+                    write
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                        .await?;
+                    return Ok(());
+                }
+                Answer::BadHeader => {
+                    write
+                        .write_all(b"HTTP/1.1 200 OK\r\nthis line has no colon\r\n\r\n")
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------
+// Configs and NATS.
+// ---------------------------------------------------------------------
+
+/// A jetway config (without `api`/`metrics`: `Process::spawn` adds them).
+fn jetway_yaml(
+    urls: &str,
+    replicas: u8,
+    endpoint: &str,
+    subscription: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "app_id: test\n\
+         shutdown_grace: 5s\n\
+         nats: {{ url: \"{urls}\", request_timeout: {}ms, connect_timeout: 2s }}\n\
+         streams:\n  - {{ name: ORDERS, subjects: [\"orders.>\"], replicas: {replicas}, duplicate_window: 2m }}\n\
+         subscriptions:\n  - {{ name: s1, subject: \"orders.>\", endpoint: \"{endpoint}\", concurrency: 16{subscription} }}\n\
+         {extra}",
+        REQUEST_TIMEOUT.as_millis()
+    )
+}
+
+/// Retry settings for endpoints that fail often on purpose: quick retries,
+/// and enough attempts that a message never exhausts them while the fault
+/// lasts (each attempt is a real failure, so the default 8 could be spent).
+const FLAKY_RETRY: &str =
+    ", timeout: 1s, retry: { max_attempts: 50, initial_backoff: 100ms, max_backoff: 1s }";
+
+async fn js_client(urls: &str) -> jetstream::Context {
+    let addrs: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(|u| u.parse().expect("server url"))
+        .collect();
+    let client = async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_secs(5)))
+        .connect(addrs)
+        .await
+        .expect("connect to NATS");
+    jetstream::new(client)
+}
+
+/// Every stored message of `ORDERS`, counted by key (the body).
+async fn stored_keys(js: &jetstream::Context) -> HashMap<String, usize> {
+    let mut stream = within(Duration::from_secs(30), "ORDERS stream info", || async {
+        let mut s = js.get_stream("ORDERS").await.ok()?;
+        s.info().await.ok()?;
+        Some(s)
+    })
+    .await;
+    let state = stream.info().await.expect("stream info").state.clone();
+    let mut keys = HashMap::new();
+    let mut read = 0u64;
+    for seq in state.first_sequence..=state.last_sequence {
+        let msg = within(Duration::from_secs(30), "a stored message", || {
+            let stream = &stream;
+            async move {
+                match stream.get_raw_message(seq).await {
+                    Ok(m) => Some(Some(m)),
+                    Err(e)
+                        if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                    {
+                        Some(None)
+                    }
+                    Err(_) => None,
+                }
+            }
+        })
+        .await;
+        if let Some(msg) = msg {
+            read += 1;
+            *keys
+                .entry(String::from_utf8_lossy(&msg.payload).into_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(read, state.messages, "read every stored message");
+    keys
+}
+
+/// (pending, ack pending) of the subscription's consumer.
+async fn consumer_backlog(js: &jetstream::Context) -> Option<(u64, usize)> {
+    let stream = js.get_stream_no_info("ORDERS").await.ok()?;
+    let mut consumer = stream.get_consumer::<pull::Config>(CONSUMER).await.ok()?;
+    let info = consumer.info().await.ok()?;
+    Some((info.num_pending, info.num_ack_pending))
+}
+
+async fn dead_letters(js: &jetstream::Context) -> u64 {
+    within(
+        Duration::from_secs(30),
+        "dead-letter stream info",
+        || async {
+            let mut s = js.get_stream("JETWAY_DLQ").await.ok()?;
+            Some(s.info().await.ok()?.state.messages)
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------
+// Accounting.
+// ---------------------------------------------------------------------
+
+/// What a scenario expects beyond the common rules.
+struct Expect {
+    /// Publishes may fail to connect (jetway itself was stopped).
+    connection_errors: bool,
+    /// Most duplicates the endpoint may see.
+    max_duplicates: usize,
+}
+
+/// Waits for delivery to finish, then checks and prints the figures.
+#[allow(clippy::too_many_arguments)]
+async fn account(
+    scenario: &str,
+    faults: &str,
+    profile: Profile,
+    urls: &str,
+    ledger: &SharedLedger,
+    processed: &Processed,
+    endpoint: &dyn Fn() -> String,
+    expect: Expect,
+) {
+    let js = js_client(urls).await;
+    let stored = stored_keys(&js).await;
+    let settled = {
+        let deadline = Instant::now() + profile.settle;
+        loop {
+            let seen = processed.snapshot();
+            let all = stored.keys().all(|k| seen.contains_key(k));
+            let idle = matches!(consumer_backlog(&js).await, Some((0, 0)));
+            if all && idle {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let dlq = dead_letters(&js).await;
+    let backlog = consumer_backlog(&js).await;
+    let seen = processed.snapshot();
+    let l = ledger.lock().expect("lock");
+
+    let acked_lost: Vec<&String> = l
+        .acked
+        .iter()
+        .filter(|k| !stored.contains_key(*k))
+        .collect();
+    let stored_twice: Vec<(&String, &usize)> = stored.iter().filter(|(_, n)| **n > 1).collect();
+    let undelivered: Vec<&String> = stored.keys().filter(|k| !seen.contains_key(*k)).collect();
+    let strangers: Vec<&String> = stored
+        .keys()
+        .filter(|k| !l.acked.contains(*k) && !l.unknown.contains(*k) && !l.gave_up.contains(k))
+        .collect();
+    let stored_total: usize = stored.values().sum();
+    let delivered = stored.keys().filter(|k| seen.contains_key(*k)).count();
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    let lost = acked_lost.len() + undelivered.len();
+    let outcomes: Vec<String> = l.outcomes.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    eprintln!(
+        "FAULTS|{scenario}|{}|{}|{faults}|acked={}|stored={stored_total}|delivered={delivered}|lost={lost}|duplicates={duplicates}|dead_letters={dlq}|unknown={}|answers={}|max_answer_ms={}|endpoint: {}",
+        profile.name,
+        profile.load(),
+        l.acked.len(),
+        l.unknown.len(),
+        outcomes.join(","),
+        l.max_answer.as_millis(),
+        endpoint(),
+    );
+
+    assert!(
+        l.gave_up.is_empty(),
+        "publishes never answered 2xx: {:?}",
+        &l.gave_up[..l.gave_up.len().min(5)]
+    );
+    assert!(
+        l.unexpected.is_empty(),
+        "unexpected publish answers: {:?}",
+        &l.unexpected[..l.unexpected.len().min(5)]
+    );
+    assert_eq!(
+        l.slow_answers, 0,
+        "publish answers slower than request_timeout + {ANSWER_MARGIN:?} (max {:?})",
+        l.max_answer
+    );
+    if !expect.connection_errors {
+        assert!(
+            !l.outcomes.contains_key("conn"),
+            "connection errors while jetway ran"
+        );
+    }
+    assert!(
+        acked_lost.is_empty(),
+        "acked but not stored: {:?}",
+        &acked_lost[..acked_lost.len().min(5)]
+    );
+    assert!(
+        stored_twice.is_empty(),
+        "stored more than once: {:?}",
+        &stored_twice[..stored_twice.len().min(5)]
+    );
+    assert!(
+        strangers.is_empty(),
+        "stored but never published: {:?}",
+        &strangers[..strangers.len().min(5)]
+    );
+    assert!(
+        undelivered.is_empty(),
+        "stored, never delivered: {} of them, e.g. {:?}",
+        undelivered.len(),
+        &undelivered[..undelivered.len().min(5)]
+    );
+    assert!(
+        settled,
+        "consumer not idle after {:?}: (pending, ack pending) = {backlog:?}",
+        profile.settle
+    );
+    assert_eq!(dlq, 0, "dead letters");
+    assert!(
+        duplicates <= expect.max_duplicates,
+        "{duplicates} duplicates, more than {}",
+        expect.max_duplicates
+    );
+    assert!(
+        l.acked.len() + l.unknown.len() == profile.total(),
+        "every key answered"
+    );
+}
+
+/// A generous bound on duplicates: what may be in flight at each fault,
+/// and then some.
+fn dup_bound(profile: Profile, faults: usize) -> usize {
+    faults * 64 + profile.total() / 10
+}
+
+// ---------------------------------------------------------------------
+// A 3-node cluster.
+// ---------------------------------------------------------------------
+
+struct Node {
+    name: String,
+    port: u16,
+    cluster_port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let nodes = (0..3)
+            .map(|i| Node {
+                name: format!("n{i}"),
+                port: free_port(),
+                cluster_port: free_port(),
+                store: tempfile::tempdir().expect("tempdir"),
+                child: None,
+            })
+            .collect();
+        let mut c = Cluster { nodes };
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        c
+    }
+
+    fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes = self
+            .nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let node = &mut self.nodes[i];
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &node.port.to_string(),
+                "-n",
+                &node.name,
+            ])
+            .arg("-sd")
+            .arg(node.store.path())
+            .args(["--cluster_name", "c", "--cluster"])
+            .arg(format!("nats://127.0.0.1:{}", node.cluster_port))
+            .args(["--routes", &routes])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        node.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} did not start",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self, name: &str) -> usize {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .expect("known node");
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        i
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// The stream leader, once every replica is current.
+async fn settled_leader(js: &jetstream::Context) -> String {
+    within(
+        Duration::from_secs(60),
+        "ORDERS leader with all replicas current",
+        || async {
+            let mut s = js.get_stream("ORDERS").await.ok()?;
+            let info = s.info().await.ok()?;
+            let cluster = info.cluster.as_ref()?;
+            let current = cluster.replicas.len() == 2
+                && cluster.replicas.iter().all(|r| r.current && !r.offline);
+            if current {
+                cluster.leader.clone()
+            } else {
+                None
+            }
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------
+// Scenarios.
+// ---------------------------------------------------------------------
+
+/// 1. kill -9 of jetway mid-load, then a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s1_kill9_jetway_and_restart() {
+    let _serial = SERIAL.lock().await;
+    let profile = profile();
+    let nats = Nats::start();
+    let processed = Processed::default();
+    let endpoint =
+        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
+    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
+    let mut jetway = spawn_jetway(&yaml);
+    jetway.wait_ready().await;
+    let target = Target::new(&[api_url(&jetway)]);
+    let ledger = SharedLedger::default();
+    let load = start_load("s1", profile, 0, target.clone(), ledger.clone());
+
+    let kills = if profile.name == "full" { 3 } else { 1 };
+    for k in 0..kills {
+        wait_acked(&ledger, profile.total() * (k + 1) / (kills + 1)).await;
+        jetway.kill9();
+        jetway = spawn_jetway(&yaml);
+        jetway.wait_ready().await;
+        target.set(&[api_url(&jetway)]);
+    }
+    load.await.expect("load");
+    account(
+        "1 kill -9 jetway",
+        &format!("kill -9 jetway x{kills} mid-load, restart at once"),
+        profile,
+        &nats.url(),
+        &ledger,
+        &processed,
+        &|| format!("requests={}", endpoint.count()),
+        Expect {
+            connection_errors: true,
+            max_duplicates: dup_bound(profile, kills),
+        },
+    )
+    .await;
+}
+
+/// 2. nats-server restarted mid-load with the same store; jetway recovers
+///    by itself and answers 503/504 meanwhile, in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s2_nats_restart_same_store() {
+    let _serial = SERIAL.lock().await;
+    let profile = profile();
+    let mut nats = Nats::start();
+    let processed = Processed::default();
+    let endpoint =
+        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
+    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
+    let jetway = spawn_jetway(&yaml);
+    jetway.wait_ready().await;
+    let ledger = SharedLedger::default();
+    let load = start_load(
+        "s2",
+        profile,
+        0,
+        Target::new(&[api_url(&jetway)]),
+        ledger.clone(),
+    );
+
+    let gap = profile.fault / 2;
+    let restarts = if profile.name == "full" { 3 } else { 1 };
+    for k in 0..restarts {
+        wait_acked(&ledger, profile.total() * (k + 1) / (restarts + 1)).await;
+        nats.stop();
+        tokio::time::sleep(gap).await;
+        nats.restart();
+    }
+    load.await.expect("load");
+    account(
+        "2 nats-server restart",
+        &format!("kill -9 nats-server x{restarts}, down {gap:?}, same store"),
+        profile,
+        &nats.url(),
+        &ledger,
+        &processed,
+        &|| format!("requests={}", endpoint.count()),
+        Expect {
+            connection_errors: false,
+            max_duplicates: dup_bound(profile, restarts),
+        },
+    )
+    .await;
+}
+
+/// 3. nats-server frozen (SIGSTOP) for a few seconds, then SIGCONT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_nats_frozen() {
+    let _serial = SERIAL.lock().await;
+    let profile = profile();
+    let nats = Nats::start();
+    let processed = Processed::default();
+    let endpoint =
+        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
+    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
+    let jetway = spawn_jetway(&yaml);
+    jetway.wait_ready().await;
+    let ledger = SharedLedger::default();
+    let load = start_load(
+        "s3",
+        profile,
+        0,
+        Target::new(&[api_url(&jetway)]),
+        ledger.clone(),
+    );
+
+    let freezes = if profile.name == "full" { 2 } else { 1 };
+    for k in 0..freezes {
+        wait_acked(&ledger, profile.total() * (k + 1) / (freezes + 1)).await;
+        nats.freeze();
+        tokio::time::sleep(profile.fault).await;
+        nats.thaw();
+    }
+    load.await.expect("load");
+    account(
+        "3 nats-server SIGSTOP",
+        &format!("SIGSTOP nats-server x{freezes} for {:?}", profile.fault),
+        profile,
+        &nats.url(),
+        &ledger,
+        &processed,
+        &|| format!("requests={}", endpoint.count()),
+        Expect {
+            connection_errors: false,
+            max_duplicates: dup_bound(profile, freezes),
+        },
+    )
+    .await;
+}
+
+/// 4. A 3-node cluster with an R3 stream; the stream leader is killed
+///    mid-load. One publisher sends without ids (`generate_ids: true`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_cluster_leader_killed() {
+    let _serial = SERIAL.lock().await;
+    let profile = profile();
+    let mut cluster = Cluster::start();
+    let urls = cluster.urls();
+    let processed = Processed::default();
+    let endpoint =
+        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
+    let yaml = jetway_yaml(
+        &urls,
+        3,
+        &endpoint.url("/e"),
+        "",
+        "publish: { generate_ids: true }\n",
+    );
+    let jetway = spawn_jetway(&yaml);
+    within(
+        Duration::from_secs(90),
+        "jetway ready on the cluster",
+        || async {
+            let r = reqwest::get(format!("http://{}/readyz", jetway.metrics))
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
+    let js = js_client(&urls).await;
+    let ledger = SharedLedger::default();
+    let load = start_load(
+        "s4",
+        profile,
+        1,
+        Target::new(&[api_url(&jetway)]),
+        ledger.clone(),
+    );
+
+    let kills = if profile.name == "full" { 2 } else { 1 };
+    let mut killed = Vec::new();
+    for k in 0..kills {
+        let leader = settled_leader(&js).await;
+        wait_acked(&ledger, profile.total() * (k + 1) / (kills + 1)).await;
+        let i = cluster.kill(&leader);
+        killed.push(leader);
+        tokio::time::sleep(profile.fault).await;
+        cluster.spawn(i);
+    }
+    load.await.expect("load");
+    account(
+        "4 cluster leader killed",
+        &format!(
+            "R3 stream; kill -9 the stream leader x{kills} ({}), back after {:?}",
+            killed.join(","),
+            profile.fault
+        ),
+        profile,
+        &urls,
+        &ledger,
+        &processed,
+        &|| format!("requests={}", endpoint.count()),
+        Expect {
+            connection_errors: false,
+            max_duplicates: dup_bound(profile, kills),
+        },
+    )
+    .await;
+}
+
+/// 5. The endpoint flaps: down (connections refused), 503, 200, slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s5_endpoint_flaps() {
+    let _serial = SERIAL.lock().await;
+    let profile = profile();
+    // Flapping goes on while the load lasts: pace the load to span it.
+    let step = profile.fault / 3;
+    let min_cycles = if profile.name == "full" { 6 } else { 2 };
+    let profile = Profile {
+        pace: step * 4 * min_cycles / profile.per_publisher as u32,
+        ..profile
+    };
+    let nats = Nats::start();
+    let processed = Processed::default();
+    // Phases: 0 = 200, 1 = 503 (half with Retry-After: 1), 2 = slow
+    // (under and over the subscription's 1s timeout).
+    let phase = Arc::new(AtomicU8::new(0));
+    let p = phase.clone();
+    let endpoint = RawEndpoint::start(&processed, move |n| match p.load(Ordering::SeqCst) {
+        1 => Answer::Status(503, (n % 2 == 0).then_some(1)),
+        2 if n % 4 == 0 => Answer::Ok(Duration::from_millis(1500)),
+        2 => Answer::Ok(Duration::from_millis(300)),
+        _ => Answer::Ok(Duration::from_millis((n % 10) as u64)),
+    })
+    .await;
+    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url(), FLAKY_RETRY, "");
+    let jetway = spawn_jetway(&yaml);
+    jetway.wait_ready().await;
+    let ledger = SharedLedger::default();
+    let load = start_load(
+        "s5",
+        profile,
+        0,
+        Target::new(&[api_url(&jetway)]),
+        ledger.clone(),
+    );
+
+    wait_acked(&ledger, profile.total() / 10).await;
+    let mut cycles = 0;
+    while cycles < min_cycles || !load.is_finished() {
+        cycles += 1;
+        endpoint.down();
+        tokio::time::sleep(step).await;
+        endpoint.up().await;
+        phase.store(1, Ordering::SeqCst);
+        tokio::time::sleep(step).await;
+        phase.store(2, Ordering::SeqCst);
+        tokio::time::sleep(step).await;
+        phase.store(0, Ordering::SeqCst);
+        tokio::time::sleep(step).await;
+    }
+    load.await.expect("load");
+    account(
+        "5 endpoint flaps",
+        &format!(
+            "endpoint x{cycles}, {}ms each: refused, 503, slow (1/4 over the 1s timeout), 200",
+            step.as_millis()
+        ),
+        profile,
+        &nats.url(),
+        &ledger,
+        &processed,
+        &|| endpoint.stats(cycles),
+        Expect {
+            connection_errors: false,
+            max_duplicates: dup_bound(profile, cycles as usize),
+        },
+    )
+    .await;
+}
+
+/// 6. The endpoint closes connections mid-response and answers garbage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s6_endpoint_breaks_http() {
+    let _serial = SERIAL.lock().await;
+    let profile = profile();
+    // The endpoint stays broken while the load lasts: pace it to span
+    // twice the fault time.
+    let profile = Profile {
+        pace: profile.fault * 2 / profile.per_publisher as u32,
+        ..profile
+    };
+    let nats = Nats::start();
+    let processed = Processed::default();
+    let broken = Arc::new(AtomicU8::new(0));
+    let b = broken.clone();
+    let endpoint = RawEndpoint::start(&processed, move |n| {
+        if b.load(Ordering::SeqCst) == 0 {
+            return Answer::Ok(Duration::from_millis((n % 10) as u64));
+        }
+        match n % 6 {
+            0 => Answer::Close,
+            1 => Answer::Garbage,
+            2 => Answer::Truncated,
+            3 => Answer::BadHeader,
+            _ => Answer::Ok(Duration::from_millis((n % 10) as u64)),
+        }
+    })
+    .await;
+    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url(), FLAKY_RETRY, "");
+    let jetway = spawn_jetway(&yaml);
+    jetway.wait_ready().await;
+    let ledger = SharedLedger::default();
+    let load = start_load(
+        "s6",
+        profile,
+        0,
+        Target::new(&[api_url(&jetway)]),
+        ledger.clone(),
+    );
+
+    wait_acked(&ledger, profile.total() / 10).await;
+    let started = Instant::now();
+    broken.store(1, Ordering::SeqCst);
+    within(Duration::from_secs(300), "load done", || {
+        let done = load.is_finished();
+        async move { done.then_some(()) }
+    })
+    .await;
+    let broken_for = started.elapsed();
+    broken.store(0, Ordering::SeqCst);
+    load.await.expect("load");
+    account(
+        "6 endpoint breaks HTTP",
+        &format!(
+            "for {:.1}s (until the load ended), of every 6 requests: close unanswered, garbage, 200 head + truncated body, broken header, 2 fine",
+            broken_for.as_secs_f64()
+        ),
+        profile,
+        &nats.url(),
+        &ledger,
+        &processed,
+        &|| endpoint.stats(0),
+        Expect {
+            connection_errors: false,
+            max_duplicates: dup_bound(profile, 1),
+        },
+    )
+    .await;
+}
+
+/// 7. SIGTERM under load: a clean exit 0, then a restart finishes the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s7_sigterm_under_load() {
+    let _serial = SERIAL.lock().await;
+    let profile = profile();
+    let nats = Nats::start();
+    let processed = Processed::default();
+    // Slow enough that deliveries are in flight when the signal comes.
+    let endpoint = recording_endpoint(&processed, |n| {
+        Duration::from_millis(50 + (n % 8) as u64 * 25)
+    })
+    .await;
+    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
+    let mut jetway = spawn_jetway(&yaml);
+    jetway.wait_ready().await;
+    let target = Target::new(&[api_url(&jetway)]);
+    let ledger = SharedLedger::default();
+    let load = start_load("s7", profile, 0, target.clone(), ledger.clone());
+
+    let stops = if profile.name == "full" { 3 } else { 1 };
+    let mut took = Vec::new();
+    for k in 0..stops {
+        wait_acked(&ledger, profile.total() * (k + 1) / (stops + 1)).await;
+        let started = Instant::now();
+        let code = jetway.terminate().await;
+        took.push(format!("{:.1}s", started.elapsed().as_secs_f64()));
+        assert_eq!(code, Some(0), "exit code after SIGTERM");
+        jetway = spawn_jetway(&yaml);
+        jetway.wait_ready().await;
+        target.set(&[api_url(&jetway)]);
+    }
+    load.await.expect("load");
+    account(
+        "7 SIGTERM under load",
+        &format!(
+            "SIGTERM x{stops} (exit 0 after {}), restart",
+            took.join(",")
+        ),
+        profile,
+        &nats.url(),
+        &ledger,
+        &processed,
+        &|| format!("requests={}", endpoint.count()),
+        Expect {
+            connection_errors: true,
+            max_duplicates: dup_bound(profile, stops),
+        },
+    )
+    .await;
+}
+
+/// 8. Two replicas share the subscription; one is killed mid-load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s8_replica_killed() {
+    let _serial = SERIAL.lock().await;
+    let profile = profile();
+    let nats = Nats::start();
+    let processed = Processed::default();
+    let endpoint =
+        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
+    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
+    let mut a = spawn_jetway(&yaml);
+    let b = spawn_jetway(&yaml);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let target = Target::new(&[api_url(&a), api_url(&b)]);
+    let ledger = SharedLedger::default();
+    let load = start_load("s8", profile, 0, target.clone(), ledger.clone());
+
+    wait_acked(&ledger, profile.total() / 3).await;
+    // Both share the consumer: each has delivered part of the messages.
+    let (by_a, by_b) = within(
+        Duration::from_secs(30),
+        "both replicas delivering",
+        || async {
+            let (by_a, by_b) = (delivered_by(&a).await, delivered_by(&b).await);
+            (by_a > 0 && by_b > 0).then_some((by_a, by_b))
+        },
+    )
+    .await;
+    a.kill9();
+    target.set(&[api_url(&b)]);
+    load.await.expect("load");
+    account(
+        "8 replica killed",
+        &format!(
+            "2 replicas, one consumer; kill -9 replica A mid-load (A had delivered {by_a}, B {by_b}), not restarted"
+        ),
+        profile,
+        &nats.url(),
+        &ledger,
+        &processed,
+        &|| format!("requests={}", endpoint.count()),
+        Expect {
+            connection_errors: true,
+            max_duplicates: dup_bound(profile, 1),
+        },
+    )
+    .await;
+}
