@@ -3,12 +3,15 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{FromRef, Request, State};
-use axum::http::{header, StatusCode};
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRef, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use subtle::ConstantTimeEq;
 
 use crate::admin;
@@ -18,6 +21,7 @@ use crate::error::ApiError;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::publish::{self, Publisher};
+use crate::subject::SubjectError;
 
 /// What the `/v1` handlers share.
 #[derive(Clone)]
@@ -50,8 +54,9 @@ impl FromRef<ApiState> for async_nats::jetstream::Context {
 pub fn openapi() -> &'static serde_json::Value {
     static DOC: OnceLock<serde_json::Value> = OnceLock::new();
     DOC.get_or_init(|| {
-        serde_yaml::from_str(include_str!("../docs/openapi.yaml"))
-            .unwrap_or_else(|e| serde_json::json!({ "error": format!("openapi.yaml is invalid: {e}") }))
+        serde_yaml::from_str(include_str!("../docs/openapi.yaml")).unwrap_or_else(
+            |e| serde_json::json!({ "error": format!("openapi.yaml is invalid: {e}") }),
+        )
     })
 }
 
@@ -59,19 +64,98 @@ async fn openapi_json() -> Json<&'static serde_json::Value> {
     Json(openapi())
 }
 
-/// `Authorization: Bearer <api.token>`, compared in constant time.
-async fn require_token(State(token): State<Option<Secret>>, request: Request, next: Next) -> Response {
-    if let Some(token) = &token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .unwrap_or_default();
+/// The credentials of `Authorization: Bearer <credentials>` (the scheme is
+/// case-insensitive, RFC 9110).
+fn bearer(headers: &HeaderMap) -> &[u8] {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return b"";
+    };
+    let value = value.as_bytes();
+    match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &value[7..],
+        _ => b"",
+    }
+}
+
+/// What the token check needs: the token, and the publisher to count a
+/// refused publish.
+#[derive(Clone)]
+struct Auth {
+    token: Option<Secret>,
+    publisher: Arc<Publisher>,
+}
+
+/// `Authorization: Bearer <api.token>`, compared in constant time (only the
+/// length of a wrong token can be timed, never how much of it was right).
+async fn require_token(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+    if let Some(token) = &auth.token {
+        let given = bearer(request.headers());
         if !bool::from(given.ct_eq(token.expose().as_bytes())) {
+            if request.uri().path().starts_with("/v1/publish") {
+                auth.publisher.record_refused(&ApiError::Unauthorized);
+            }
             return ApiError::Unauthorized.into_response();
         }
     }
     next.run(request).await
+}
+
+/// `POST /v1/publish/{subject}`, with a subject that does not even decode
+/// (percent-encoded bytes that are not UTF-8) refused like any other bad
+/// subject instead of with axum's plain-text answer.
+async fn publish_one(
+    State(publisher): State<Arc<Publisher>>,
+    subject: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match subject {
+        Ok(subject) => publish::publish_one(State(publisher), subject, headers, body).await,
+        Err(_) => {
+            let err = ApiError::SubjectInvalid(SubjectError::BadCharacter);
+            publisher.record_refused(&err);
+            err.into_response()
+        }
+    }
+}
+
+/// axum's own extractors answer in plain text (a path parameter that is
+/// not UTF-8 or not a number, a bad query string); every error of the API
+/// has the JSON body of SPEC section 3, so those are rewritten here.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    let message = match http_body_util::Limited::new(response.into_body(), 1024)
+        .collect()
+        .await
+    {
+        Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if message.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("bad request")
+            .to_lowercase()
+    } else {
+        message
+    };
+    let err = match status {
+        StatusCode::NOT_FOUND => ApiError::NotFound(message),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(message),
+        _ => ApiError::BadRequest(message),
+    };
+    let mut response = err.into_response();
+    *response.status_mut() = status;
+    response
 }
 
 async fn not_found() -> ApiError {
@@ -84,28 +168,43 @@ async fn method_not_allowed() -> ApiError {
 
 /// The `/v1` API.
 pub fn router(state: ApiState) -> Router {
-    let token = state.token.clone();
+    let auth = Auth {
+        token: state.token.clone(),
+        publisher: state.publisher.clone(),
+    };
     Router::new()
         .route("/v1/publish", post(publish::publish_batch))
-        .route("/v1/publish/{*subject}", post(publish::publish_one))
+        .route("/v1/publish/{*subject}", post(publish_one))
         .route("/v1/openapi.json", get(openapi_json))
         .route("/v1/subscriptions", get(admin::list_subscriptions))
         .route("/v1/subscriptions/{name}/pause", post(admin::pause))
         .route("/v1/subscriptions/{name}/resume", post(admin::resume))
-        .route("/v1/dead-letters/{subscription}", get(admin::list_dead_letters))
-        .route("/v1/dead-letters/{subscription}/replay", post(admin::replay_dead_letters))
+        .route(
+            "/v1/dead-letters/{subscription}",
+            get(admin::list_dead_letters),
+        )
+        .route(
+            "/v1/dead-letters/{subscription}/replay",
+            post(admin::replay_dead_letters),
+        )
         .route(
             "/v1/dead-letters/{subscription}/{dlq_sequence}",
             delete(admin::delete_dead_letter),
         )
-        .route("/v1/streams/{stream}/messages/{seq}", get(admin::get_message))
+        .route(
+            "/v1/streams/{stream}/messages/{seq}",
+            get(admin::get_message),
+        )
         .route("/v1/subjects/{subject}/last", get(admin::last_message))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
+        // Around every handler, so whatever an extractor refuses still gets
+        // the JSON error body.
+        .layer(middleware::from_fn(json_errors))
         // Outside routing, so unknown /v1 paths need the token too and
         // reveal nothing; inside the panic guard below.
-        .layer(middleware::from_fn_with_state(token, require_token))
+        .layer(middleware::from_fn_with_state(auth, require_token))
         // Outermost: a bug answers 500 JSON instead of dropping the connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::Internal.into_response()
@@ -125,7 +224,11 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): State<HealthState>) -> Response {
     match s.health.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -143,6 +246,7 @@ pub fn health_router(health: Arc<Health>, metrics_: Metrics) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(HealthState {
             health,
@@ -153,6 +257,24 @@ pub fn health_router(health: Arc<Health>, metrics_: Metrics) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                axum::http::HeaderValue::from_static(v),
+            );
+            h
+        };
+        assert_eq!(bearer(&with("Bearer abc")), b"abc");
+        assert_eq!(bearer(&with("bearer abc")), b"abc");
+        assert_eq!(bearer(&with("BEARER abc")), b"abc");
+        assert_eq!(bearer(&with("Basic abc")), b"");
+        assert_eq!(bearer(&with("Bearer")), b"");
+        assert_eq!(bearer(&HeaderMap::new()), b"");
+    }
 
     #[test]
     fn the_openapi_document_is_valid_json() {

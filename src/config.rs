@@ -16,6 +16,9 @@ use serde_yaml::{Mapping, Value};
 
 use crate::subject;
 
+/// Largest `api.max_in_flight` (each one may hold a request body).
+const MAX_IN_FLIGHT_LIMIT: u64 = 1_000_000;
+
 /// Exit code for an invalid configuration (`EX_USAGE`).
 pub const EXIT_INVALID: i32 = 64;
 
@@ -854,6 +857,12 @@ fn socket_addr(v: &Value) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{s}` is not an address such as 127.0.0.1:4480"))
 }
 
+/// Whether `scheme://user:pass@host` (or `user@host`) carries credentials.
+fn url_has_credentials(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#']).next().unwrap_or("").contains('@')
+}
+
 fn parse_nats(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<NatsConfig> {
     let nats = top.child(
         "nats",
@@ -883,7 +892,13 @@ fn parse_nats(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<NatsConfig> {
         });
     }
     for u in &urls {
-        if u.parse::<async_nats::ServerAddr>().is_err() {
+        // Checked before parsing so that neither message echoes a password.
+        if url_has_credentials(u) {
+            p.push(Problem {
+                path: "nats.url".into(),
+                message: "a server URL must not carry credentials; use nats.user and nats.password, nats.token or a credentials file".into(),
+            });
+        } else if u.parse::<async_nats::ServerAddr>().is_err() {
             p.push(Problem {
                 path: "nats.url".into(),
                 message: format!("`{u}` is not a NATS URL such as nats://127.0.0.1:4222"),
@@ -1015,10 +1030,10 @@ fn parse_api(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<ApiConfig> {
         });
     }
     let max_in_flight = api.or("max_in_flight", 10_000, uint, p);
-    if max_in_flight == 0 {
+    if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&max_in_flight) {
         p.push(Problem {
             path: "api.max_in_flight".into(),
-            message: "must be at least 1".into(),
+            message: format!("must be between 1 and {MAX_IN_FLIGHT_LIMIT}"),
         });
     }
     Some(ApiConfig {
@@ -1550,6 +1565,19 @@ subscriptions:
         assert_eq!(paths("app_id: a\napi: { listen: '0.0.0.0:1' }\n"), vec!["api.listen"]);
         assert!(load("app_id: a\napi: { listen: '0.0.0.0:1', token: t }\n").is_ok());
         assert!(load("app_id: a\napi: { listen: '0.0.0.0:1', insecure_listen: true }\n").is_ok());
+    }
+
+    #[test]
+    fn credentials_in_nats_urls_are_refused_without_echo() {
+        let err = Config::from_yaml("app_id: a\nnats: { url: 'nats://u:hunter2@h:4222' }\n", Vec::new())
+            .expect_err("credentials");
+        let text = err.to_string();
+        assert!(text.contains("nats.url"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(url_has_credentials("tls://tok@h:4222"));
+        assert!(!url_has_credentials("nats://h:4222/path@x"));
+        assert!(!url_has_credentials("nats://h:4222"));
+        assert_eq!(paths("app_id: a\napi: { max_in_flight: 99999999999 }\n"), vec!["api.max_in_flight"]);
     }
 
     #[test]

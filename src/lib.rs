@@ -127,8 +127,10 @@ pub async fn run(
     stop_http.cancel();
     let _ = api.await;
     let _ = health_server.await;
-    // drain() only queues the request: flush first so the last acks,
-    // NAKs and PubAck waits are on the wire before the process exits.
+    // drain() only queues the request: flush first so the last acks and
+    // NAKs of the deliveries are with the server before the process exits
+    // (else acknowledged messages would be delivered again, and handed-back
+    // ones would wait out the ack wait).
     if tokio::time::timeout(Duration::from_secs(5), client.flush())
         .await
         .is_err()

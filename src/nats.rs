@@ -24,8 +24,8 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid NATS server URL: {0}")]
-    Url(String),
+    #[error("invalid NATS server URL (position {0} in nats.url)")]
+    Url(usize),
     #[error("cannot connect to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
 }
@@ -59,7 +59,8 @@ pub async fn connect(
     let addrs: Vec<ServerAddr> = config
         .urls
         .iter()
-        .map(|u| u.parse().map_err(|_| ConnectError::Url(u.clone())))
+        .enumerate()
+        .map(|(i, u)| u.parse().map_err(|_| ConnectError::Url(i + 1)))
         .collect::<Result<_, _>>()?;
 
     let mut options = match &config.auth {

@@ -1,36 +1,79 @@
 //! The HTTP server loop shared by the API and metrics listeners: hyper's
-//! HTTP/1 with the limits a stranger's traffic needs (header read timeout,
-//! header size, connection count) and graceful shutdown.
+//! HTTP/1 with the limits a stranger's traffic needs and graceful shutdown.
+//!
+//! What each limit stops:
+//! - slowloris (a request head trickled in) and idle connections, fresh or
+//!   kept alive after a request: `header_read_timeout`. hyper starts that
+//!   timer whenever it waits for a request head, so a connection that
+//!   sends nothing is closed after it too and cannot hold a slot forever;
+//! - a body trickled in (slow POST): `body_read_timeout` between chunks
+//!   (the read fails, so the request ends with 400 `bad_request`);
+//! - huge request heads: `max_header_bytes`, or more than 100 header
+//!   lines: 431 from hyper itself, without a JSON body as there is no
+//!   request yet (the same for heads that are not HTTP: a bare 400);
+//! - connection floods: `max_connections`; more wait in the kernel's
+//!   backlog, costing this process nothing, until a slot frees.
+//!
+//! Bodies are limited where they are read (`publish::read_body`), as they
+//! stream, so a large one is refused without being buffered.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::Request;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tower_http::timeout::TimeoutBody;
 
 /// Limits of one listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
-    /// A client must send its request head within this time (slowloris).
+    /// A client must send a whole request head within this time once the
+    /// server waits for one: on a new connection and between requests on a
+    /// kept-alive one (slowloris, idle connections).
     pub header_read_timeout: Duration,
+    /// Longest pause between two chunks of a request body (slow POST).
+    pub body_read_timeout: Duration,
     /// Largest request head; beyond it the answer is 431.
     pub max_header_bytes: usize,
 }
 
+impl Limits {
+    /// The limits jetway ships with.
+    pub const BUILT_IN: Limits = Limits {
+        max_connections: 1024,
+        header_read_timeout: Duration::from_secs(10),
+        body_read_timeout: Duration::from_secs(10),
+        max_header_bytes: 16 * 1024,
+    };
+}
+
+/// Replaces [`Limits::BUILT_IN`] as the default, see [`set_defaults`].
+static DEFAULTS: Mutex<Option<Limits>> = Mutex::new(None);
+
+/// Makes `limits` the default of every listener started afterwards in this
+/// process. For tests that must not wait ten seconds for a timeout, and for
+/// embedders that call [`crate::run`] themselves.
+pub fn set_defaults(limits: Limits) {
+    *DEFAULTS.lock().unwrap_or_else(|e| e.into_inner()) = Some(limits);
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_connections: 1024,
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 16 * 1024,
-        }
+        DEFAULTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(Limits::BUILT_IN)
     }
 }
 
@@ -48,8 +91,12 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes)
+        // Bounds the read buffer of every connection (memory under a
+        // connection flood); it must hold a whole head of the largest size.
+        .max_buf_size((limits.max_header_bytes + 1024).max(8192))
         .keep_alive(true);
+    let body_timeout = limits.body_read_timeout;
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
@@ -71,8 +118,13 @@ pub async fn serve(
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let service = router
+            .clone()
+            .map_request(move |request: Request<Incoming>| {
+                request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)))
+            });
+        let conn = graceful
+            .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -86,5 +138,16 @@ pub async fn serve(
         _ = tokio::time::sleep(grace) => {
             tracing::debug!("closing HTTP connections still open after the grace period");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_limits_are_the_default() {
+        // Other unit tests in this binary never call set_defaults.
+        assert_eq!(Limits::default(), Limits::BUILT_IN);
     }
 }

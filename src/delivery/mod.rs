@@ -49,8 +49,6 @@ const FETCH_WAIT: Duration = Duration::from_secs(2);
 const HAND_BACK_DELAY: Duration = Duration::from_secs(FETCH_WAIT.as_secs() + 1);
 /// Longest wait between probes of a down endpoint.
 const MAX_PROBE_DELAY: Duration = Duration::from_secs(2);
-/// How long shutdown waits for the last acks to reach the server.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often consumer lag is read for the metrics.
 const LAG_REFRESH: Duration = Duration::from_secs(5);
 /// Most bytes of a response body read (the first KiB goes into dead letters).
@@ -402,19 +400,6 @@ impl Delivery {
             );
             self.abort.cancel();
             while workers.join_next().await.is_some() {}
-        }
-        // Acks and NAKs are only queued on the connection; a flush (PING,
-        // PONG) makes sure the server has them before the process exits,
-        // else acknowledged messages would be delivered again and handed
-        // back ones would wait out the ack wait.
-        match tokio::time::timeout(FLUSH_TIMEOUT, self.js.client().flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "flushing the last acks failed; JetStream redelivers those messages")
-            }
-            Err(_) => tracing::warn!(
-                "flushing the last acks timed out; JetStream redelivers those messages"
-            ),
         }
     }
 

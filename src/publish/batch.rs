@@ -18,7 +18,8 @@ pub const MAX_ITEMS: usize = 1000;
 #[serde(deny_unknown_fields)]
 struct RawItem {
     subject: String,
-    #[serde(default)]
+    /// Present means data, even `null` (stored as the JSON text `null`).
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     #[serde(default)]
     data_base64: Option<String>,
@@ -26,6 +27,12 @@ struct RawItem {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     idempotency_key: Option<String>,
+}
+
+/// `Some` for any value that is there, `null` included: serde's plain
+/// `Option` would read `"data": null` as no data at all.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// One parsed item: the payload is the JSON text of `data` byte for byte, or

@@ -26,6 +26,9 @@ use crate::health::Health;
 use crate::metrics::{Metrics, UNKNOWN_STREAM};
 use crate::subject;
 
+/// Most headers one batch item may carry.
+pub const MAX_ITEM_HEADERS: usize = 100;
+
 /// How much larger than `api.max_body` a whole batch request may be.
 pub const BATCH_BODY_FACTOR: usize = 16;
 /// Wait before resending after "no responders" (a stream leader election).
@@ -380,6 +383,13 @@ impl Publisher {
     /// Builds the message of one batch item, mapping its headers as a
     /// single publish's request headers are mapped.
     fn prepare_item(&self, item: batch::Item) -> Result<Outgoing, ApiError> {
+        // A request carries at most what fits in 16 KiB of head; an item gets
+        // a like bound (http's HeaderMap would panic past 32768 entries).
+        if item.headers.len() > MAX_ITEM_HEADERS {
+            return Err(ApiError::HeaderInvalid(format!(
+                "an item may carry at most {MAX_ITEM_HEADERS} headers"
+            )));
+        }
         let mut headers = HeaderMap::new();
         for (name, value) in &item.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
