@@ -38,6 +38,22 @@ where
     }
 }
 
+/// Polls `/readyz` on a metrics address until it answers 200.
+pub async fn wait_ready(metrics: SocketAddr) {
+    let url = format!("http://{metrics}/readyz");
+    let http = reqwest::Client::new();
+    eventually(&format!("jetway ready at {metrics}"), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            match http.get(&url).send().await {
+                Ok(r) if r.status() == 200 => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -208,18 +224,7 @@ impl Sidecar {
     }
 
     pub async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.metrics);
-        let http = self.http.clone();
-        eventually("sidecar ready", || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                match http.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => Some(()),
-                    _ => None,
-                }
-            }
-        })
-        .await;
+        wait_ready(self.metrics).await;
     }
 
     pub async fn metrics_text(&self) -> String {
@@ -461,18 +466,7 @@ impl Process {
     }
 
     pub async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.metrics);
-        let http = reqwest::Client::new();
-        eventually("jetway process ready", || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                match http.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => Some(()),
-                    _ => None,
-                }
-            }
-        })
-        .await;
+        wait_ready(self.metrics).await;
     }
 
     pub fn kill9(&mut self) {
