@@ -5,8 +5,8 @@
 //! and error texts never become labels.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The stream label for publishes refused before any stream was known.
@@ -160,19 +160,46 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    /// Makes a subscription's series visible at zero before its first event.
-    pub fn init_subscription(&self, subscription: &str) {
-        for outcome in ["success", "retry", "dead_letter"] {
-            self.deliveries_total.with_label_values(&[subscription, outcome]);
+    /// The series of one subscription, looked up once (the delivery path
+    /// then touches no label maps) and visible at zero from the start.
+    pub fn subscription(&self, subscription: &str) -> SubscriptionMetrics {
+        let s = [subscription];
+        SubscriptionMetrics {
+            success: self.deliveries_total.with_label_values(&[subscription, "success"]),
+            retry: self.deliveries_total.with_label_values(&[subscription, "retry"]),
+            dead_letter: self
+                .deliveries_total
+                .with_label_values(&[subscription, "dead_letter"]),
+            rejected: self
+                .dead_letters_total
+                .with_label_values(&[subscription, "rejected"]),
+            exhausted: self
+                .dead_letters_total
+                .with_label_values(&[subscription, "exhausted"]),
+            duration: self.delivery_duration_seconds.with_label_values(&s),
+            latency: self.delivery_latency_seconds.with_label_values(&s),
+            in_flight: self.deliveries_in_flight.with_label_values(&s),
+            pending: self.consumer_pending.with_label_values(&s),
+            ack_pending: self.consumer_ack_pending.with_label_values(&s),
+            endpoint_up: self.endpoint_up.with_label_values(&s),
         }
-        for reason in ["rejected", "exhausted"] {
-            self.dead_letters_total.with_label_values(&[subscription, reason]);
-        }
-        self.deliveries_in_flight.with_label_values(&[subscription]);
-        self.consumer_pending.with_label_values(&[subscription]);
-        self.consumer_ack_pending.with_label_values(&[subscription]);
-        self.endpoint_up.with_label_values(&[subscription]);
     }
+}
+
+/// Handles to every series of one subscription.
+#[derive(Clone)]
+pub struct SubscriptionMetrics {
+    pub success: IntCounter,
+    pub retry: IntCounter,
+    pub dead_letter: IntCounter,
+    pub rejected: IntCounter,
+    pub exhausted: IntCounter,
+    pub duration: Histogram,
+    pub latency: Histogram,
+    pub in_flight: IntGauge,
+    pub pending: IntGauge,
+    pub ack_pending: IntGauge,
+    pub endpoint_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -192,13 +219,9 @@ mod tests {
         m.publish_duration_seconds
             .with_label_values(&["ORDERS"])
             .observe(0.01);
-        m.init_subscription("emails");
-        m.delivery_duration_seconds
-            .with_label_values(&["emails"])
-            .observe(0.01);
-        m.delivery_latency_seconds
-            .with_label_values(&["emails"])
-            .observe(0.01);
+        let s = m.subscription("emails");
+        s.duration.observe(0.01);
+        s.latency.observe(0.01);
         let text = m.render();
         for name in [
             "jetway_build_info{version=",

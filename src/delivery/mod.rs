@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AppConfig, Config, Deliver, SubscriptionConfig};
 use crate::dead_letter::{self, DeadLetters, DlqError, Failure};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SubscriptionMetrics};
 use crate::subject;
 use request::{Envelope, Target};
 use retry::{Action, Outcome, Reason};
@@ -131,11 +131,15 @@ pub struct Subscription {
     paused: watch::Sender<bool>,
     endpoint_up: AtomicBool,
     in_flight: AtomicI64,
+    metrics: SubscriptionMetrics,
 }
 
 impl Subscription {
-    fn new(config: SubscriptionConfig, app_id: &str) -> Self {
+    fn new(config: SubscriptionConfig, app_id: &str, metrics: &Metrics) -> Self {
+        let metrics = metrics.subscription(&config.name);
+        metrics.endpoint_up.set(1.0);
         Subscription {
+            metrics,
             consumer_name: format!("{app_id}-{}", config.name),
             config,
             stream: OnceLock::new(),
@@ -156,26 +160,20 @@ impl Subscription {
 }
 
 /// Counts a delivery in flight for as long as it lives.
-struct InFlight<'a> {
-    sub: &'a Subscription,
-    gauge: prometheus::IntGauge,
-}
+struct InFlight<'a>(&'a Subscription);
 
 impl<'a> InFlight<'a> {
-    fn new(sub: &'a Subscription, metrics: &Metrics) -> Self {
-        let gauge = metrics
-            .deliveries_in_flight
-            .with_label_values(&[sub.name()]);
-        gauge.inc();
+    fn new(sub: &'a Subscription) -> Self {
+        sub.metrics.in_flight.inc();
         sub.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight { sub, gauge }
+        InFlight(sub)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.gauge.dec();
-        self.sub.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.in_flight.dec();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -228,7 +226,6 @@ pub struct Delivery {
     subscriptions: Vec<Arc<Subscription>>,
     js: jetstream::Context,
     http: HttpClient,
-    metrics: Metrics,
     app: AppConfig,
     configured_streams: Vec<crate::config::StreamConfig>,
     pub dead_letters: DeadLetters,
@@ -245,11 +242,7 @@ impl Delivery {
         let subscriptions = config
             .subscriptions
             .iter()
-            .map(|s| {
-                metrics.init_subscription(&s.name);
-                metrics.endpoint_up.with_label_values(&[&s.name]).set(1.0);
-                Arc::new(Subscription::new(s.clone(), &config.app_id))
-            })
+            .map(|s| Arc::new(Subscription::new(s.clone(), &config.app_id, &metrics)))
             .collect();
         Arc::new(Delivery {
             subscriptions,
@@ -260,7 +253,6 @@ impl Delivery {
             ),
             js,
             http: http_client(),
-            metrics,
             app: config.app.clone(),
             configured_streams: config.streams.clone(),
             // With a health URL, nothing is delivered before the app is
@@ -453,9 +445,7 @@ impl Delivery {
 
     fn set_endpoint_up(&self, sub: &Subscription, up: bool) {
         let was = sub.endpoint_up.swap(up, Ordering::SeqCst);
-        self.metrics
-            .endpoint_up
-            .with_label_values(&[sub.name()])
+        sub.metrics.endpoint_up
             .set(if up { 1.0 } else { 0.0 });
         if was && !up {
             tracing::warn!(subscription = sub.name(), endpoint = %sub.config.endpoint, "endpoint not reachable; pausing delivery until it answers");
@@ -485,9 +475,7 @@ impl Delivery {
                 continue;
             }
             if !*healthy.borrow_and_update() {
-                self.metrics
-                    .endpoint_up
-                    .with_label_values(&[sub.name()])
+                sub.metrics.endpoint_up
                     .set(0.0);
                 tokio::select! {
                     _ = healthy.wait_for(|h| *h) => {}
@@ -507,9 +495,7 @@ impl Delivery {
                 }
                 continue;
             }
-            self.metrics
-                .endpoint_up
-                .with_label_values(&[sub.name()])
+            sub.metrics.endpoint_up
                 .set(1.0);
             return true;
         }
@@ -618,7 +604,7 @@ impl Delivery {
             nak(&msg, Some(HAND_BACK_DELAY)).await;
             return;
         }
-        let _in_flight = InFlight::new(&sub, &self.metrics);
+        let _in_flight = InFlight::new(&sub);
         let attempt = {
             let call = self.call(&sub, &env);
             tokio::pin!(call);
@@ -642,33 +628,24 @@ impl Delivery {
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let action = retry::classify(&attempt.outcome, env.attempt, &sub.config.retry, jitter);
         let name = sub.name();
-        let count = |outcome: &str| {
-            self.metrics
-                .deliveries_total
-                .with_label_values(&[name, outcome])
-                .inc()
-        };
         match action {
             Action::Ack => {
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(subscription = name, seq = env.sequence, error = %e, "ack failed; the message will be redelivered");
                 }
-                count("success");
+                sub.metrics.success.inc();
                 let latency = (OffsetDateTime::now_utc() - env.published).as_seconds_f64();
-                self.metrics
-                    .delivery_latency_seconds
-                    .with_label_values(&[name])
-                    .observe(latency.max(0.0));
+                sub.metrics.latency.observe(latency.max(0.0));
             }
             Action::Retry(delay) => {
                 tracing::debug!(subscription = name, seq = env.sequence, attempt = env.attempt, ?delay, error = %attempt.error, "delivery failed; retrying later");
                 nak(&msg, Some(delay)).await;
-                count("retry");
+                sub.metrics.retry.inc();
             }
             Action::EndpointDown => {
                 self.set_endpoint_up(&sub, false);
                 nak(&msg, Some(HAND_BACK_DELAY)).await;
-                count("retry");
+                sub.metrics.retry.inc();
             }
             Action::DeadLetter(reason) => {
                 let failure = Failure {
@@ -701,14 +678,12 @@ impl Delivery {
                 if let Err(e) = msg.ack_with(AckKind::Term).await {
                     tracing::warn!(subscription = sub.name(), error = %e, "terminating a dead-lettered message failed; its redelivery will be stored once (same id)");
                 }
-                self.metrics
-                    .deliveries_total
-                    .with_label_values(&[sub.name(), "dead_letter"])
+                sub.metrics.dead_letter
                     .inc();
-                self.metrics
-                    .dead_letters_total
-                    .with_label_values(&[sub.name(), failure.reason.as_str()])
-                    .inc();
+                match failure.reason {
+                    Reason::Rejected => sub.metrics.rejected.inc(),
+                    Reason::Exhausted => sub.metrics.exhausted.inc(),
+                }
                 tracing::warn!(
                     subscription = sub.name(),
                     stream = %env.stream,
@@ -726,9 +701,7 @@ impl Delivery {
                     Some(retry::backoff(env.attempt, &sub.config.retry, 0.0)),
                 )
                 .await;
-                self.metrics
-                    .deliveries_total
-                    .with_label_values(&[sub.name(), "retry"])
+                sub.metrics.retry
                     .inc();
             }
         }
@@ -757,9 +730,8 @@ impl Delivery {
             Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body))
         })
         .await;
-        self.metrics
-            .delivery_duration_seconds
-            .with_label_values(&[sub.name()])
+        sub.metrics
+            .duration
             .observe(started.elapsed().as_secs_f64());
         match result {
             Err(_) => Attempt {
@@ -842,9 +814,7 @@ impl Delivery {
         let delivered =
             matches!(attempt.outcome, Outcome::Status { code, .. } if (200..300).contains(&code));
         if delivered {
-            self.metrics
-                .deliveries_total
-                .with_label_values(&[sub.name(), "success"])
+            sub.metrics.success
                 .inc();
         } else {
             // Keep it, with one more attempt recorded: store the rewrite,
@@ -900,9 +870,7 @@ impl Delivery {
                 // At once, not when each worker next looks.
                 for sub in &self.subscriptions {
                     let up = healthy && sub.endpoint_up.load(Ordering::SeqCst);
-                    self.metrics
-                        .endpoint_up
-                        .with_label_values(&[sub.name()])
+                    sub.metrics.endpoint_up
                         .set(if up { 1.0 } else { 0.0 });
                 }
             }
@@ -926,13 +894,9 @@ impl Delivery {
             for sub in &self.subscriptions {
                 if let Some(consumer) = sub.consumer.get() {
                     if let Ok(info) = consumer.get_info().await {
-                        self.metrics
-                            .consumer_pending
-                            .with_label_values(&[sub.name()])
+                        sub.metrics.pending
                             .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
-                        self.metrics
-                            .consumer_ack_pending
-                            .with_label_values(&[sub.name()])
+                        sub.metrics.ack_pending
                             .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
                     }
                 }

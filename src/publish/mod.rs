@@ -165,16 +165,13 @@ impl Publisher {
         Ok(())
     }
 
+    /// `api.max_body`; the server's `max_payload` (headers included) is
+    /// checked by the client when the message is sent (see `send`).
     fn check_size(&self, payload: &Bytes) -> Result<(), ApiError> {
-        let server_max = self.client.server_info().max_payload;
         if payload.len() > self.max_body {
             Err(ApiError::PayloadTooLarge(format!(
                 "body is larger than api.max_body ({} bytes)",
                 self.max_body
-            )))
-        } else if server_max > 0 && payload.len() > server_max {
-            Err(ApiError::PayloadTooLarge(format!(
-                "body is larger than the NATS server's max_payload ({server_max} bytes)"
             )))
         } else {
             Ok(())
@@ -233,11 +230,15 @@ impl Publisher {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let wait = per_try.min(remaining);
-            let result =
+            let result = if msg.has_id {
                 match tokio::time::timeout(wait, std::future::IntoFuture::into_future(ack)).await {
                     Ok(r) => r,
                     Err(_) => Err(PublishErrorKind::TimedOut.into()),
-                };
+                }
+            } else {
+                // One try: the ack future's own timeout is request_timeout.
+                ack.await
+            };
             let err = match result {
                 Ok(ack) => return Ok(ack.into()),
                 Err(e) => e,
@@ -573,6 +574,9 @@ pub async fn publish_batch(
         let limit = publisher.max_body.saturating_mul(BATCH_BODY_FACTOR);
         let body = read_body(&headers, body, limit).await?;
         let items = batch::parse(&body, ndjson)?;
+        // The items hold their own payloads: free the request body now
+        // rather than for as long as the PubAcks take.
+        drop(body);
         let _permit = publisher.admit(items.len())?;
         publisher.publish_batch(items).await
     }
