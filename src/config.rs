@@ -331,10 +331,8 @@ fn is_override(name: &str) -> bool {
 /// (`JETWAY_SUBSCRIPTIONS__0__ENDPOINT`). Values are read as YAML scalars so
 /// `true` and `16` keep their types.
 fn apply_overrides(root: &mut Value, env: &[(String, String)], problems: &mut Vec<Problem>) {
-    let mut overrides: Vec<&(String, String)> = env
-        .iter()
-        .filter(|(k, _)| is_override(k))
-        .collect();
+    let mut overrides: Vec<&(String, String)> =
+        env.iter().filter(|(k, _)| is_override(k)).collect();
     overrides.sort();
     for (key, raw) in overrides {
         let segments: Vec<String> = key["JETWAY_".len()..]
@@ -348,7 +346,8 @@ fn apply_overrides(root: &mut Value, env: &[(String, String)], problems: &mut Ve
             });
             continue;
         }
-        let value = serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()));
+        let value =
+            serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()));
         let value = match value {
             Value::Null if !raw.trim().is_empty() && raw.trim() != "~" && raw.trim() != "null" => {
                 Value::String(raw.clone())
@@ -409,7 +408,12 @@ fn set_path(node: &mut Value, segments: &[String], value: Value) -> Result<(), S
 }
 
 /// Replaces `${VAR}` in string values with the variable's value.
-fn expand_vars(node: &mut Value, path: &str, env: &[(String, String)], problems: &mut Vec<Problem>) {
+fn expand_vars(
+    node: &mut Value,
+    path: &str,
+    env: &[(String, String)],
+    problems: &mut Vec<Problem>,
+) {
     match node {
         Value::String(s) if s.contains("${") => match expand_str(s, env) {
             Ok(expanded) => *s = expanded,
@@ -444,11 +448,7 @@ pub fn expand_str(input: &str, env: &[(String, String)]) -> Result<String, Strin
             .find('}')
             .ok_or_else(|| "unterminated `${` in value".to_string())?;
         let name = &after[..end];
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("`${{{name}}}` is not a valid variable reference"));
         }
         let value = env
@@ -514,9 +514,7 @@ impl<'a> Section<'a> {
     }
 
     fn raw(&self, key: &str) -> Option<&'a Value> {
-        self.map
-            .and_then(|m| m.get(key))
-            .filter(|v| !v.is_null())
+        self.map.and_then(|m| m.get(key)).filter(|v| !v.is_null())
     }
 
     fn path(&self, key: &str) -> String {
@@ -587,7 +585,9 @@ fn boolean(v: &Value) -> Result<bool, String> {
 
 fn uint(v: &Value) -> Result<u64, String> {
     match v {
-        Value::Number(n) => n.as_u64().ok_or_else(|| "expected a whole number ≥ 0".into()),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| "expected a whole number ≥ 0".into()),
         Value::String(s) => s
             .parse()
             .map_err(|_| format!("expected a whole number, got `{s}`")),
@@ -598,7 +598,9 @@ fn uint(v: &Value) -> Result<u64, String> {
 fn float(v: &Value) -> Result<f64, String> {
     match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| "expected a number".into()),
-        Value::String(s) => s.parse().map_err(|_| format!("expected a number, got `{s}`")),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| format!("expected a number, got `{s}`")),
         _ => Err("expected a number".into()),
     }
 }
@@ -694,8 +696,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 pub fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
@@ -709,9 +710,7 @@ pub fn is_valid_stream_name(s: &str) -> bool {
 }
 
 fn http_uri(s: &str) -> Result<Uri, String> {
-    let uri: Uri = s
-        .parse()
-        .map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
     match (uri.scheme_str(), uri.authority()) {
         (Some("http"), Some(_)) => Ok(uri),
         (Some("https"), _) => Err(format!(
@@ -753,7 +752,9 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
     if !is_valid_log_level(&level) {
         p.push(Problem {
             path: "log.level".into(),
-            message: format!("`{level}` is not a level (trace, debug, info, warn, error, off) or filter"),
+            message: format!(
+                "`{level}` is not a level (trace, debug, info, warn, error, off) or filter"
+            ),
         });
     }
 
@@ -860,7 +861,10 @@ fn socket_addr(v: &Value) -> Result<SocketAddr, String> {
 /// Whether `scheme://user:pass@host` (or `user@host`) carries credentials.
 fn url_has_credentials(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.split(['/', '?', '#']).next().unwrap_or("").contains('@')
+    rest.split(['/', '?', '#'])
+        .next()
+        .unwrap_or("")
+        .contains('@')
 }
 
 fn parse_nats(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<NatsConfig> {
@@ -921,14 +925,20 @@ fn parse_nats(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<NatsConfig> {
             }
         }
     }
-    let methods = [creds.is_some(), seed.is_some(), token.is_some(), user.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let methods = [
+        creds.is_some(),
+        seed.is_some(),
+        token.is_some(),
+        user.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if methods > 1 {
         p.push(Problem {
             path: "nats".into(),
-            message: "set only one of credentials_file, nkey_seed_file, token, user/password".into(),
+            message: "set only one of credentials_file, nkey_seed_file, token, user/password"
+                .into(),
         });
     }
     if user.is_some() != password.is_some() {
@@ -996,7 +1006,13 @@ fn parse_nats(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<NatsConfig> {
 fn parse_api(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<ApiConfig> {
     let api = top.child(
         "api",
-        &["listen", "token", "insecure_listen", "max_body", "max_in_flight"],
+        &[
+            "listen",
+            "token",
+            "insecure_listen",
+            "max_body",
+            "max_in_flight",
+        ],
         p,
     );
     let listen = api.or(
@@ -1045,11 +1061,7 @@ fn parse_api(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<ApiConfig> {
     })
 }
 
-fn items<'a>(
-    top: &Section<'a>,
-    key: &str,
-    p: &mut Vec<Problem>,
-) -> Vec<(String, &'a Value)> {
+fn items<'a>(top: &Section<'a>, key: &str, p: &mut Vec<Problem>) -> Vec<(String, &'a Value)> {
     match top.raw(key) {
         None => Vec::new(),
         Some(Value::Sequence(items)) => items
@@ -1074,7 +1086,14 @@ fn parse_streams(top: &Section<'_>, p: &mut Vec<Problem>) -> Vec<StreamConfig> {
         let s = Section::new(
             Some(value),
             path.clone(),
-            &["name", "subjects", "storage", "replicas", "max_age", "duplicate_window"],
+            &[
+                "name",
+                "subjects",
+                "storage",
+                "replicas",
+                "max_age",
+                "duplicate_window",
+            ],
             p,
         );
         let name = s.opt("name", string, p);
@@ -1506,7 +1525,10 @@ subscriptions:
             "subscriptions[1].timeout",
         ];
         for w in want {
-            assert!(got.iter().any(|g| g == w), "missing problem at {w}; got {got:?}");
+            assert!(
+                got.iter().any(|g| g == w),
+                "missing problem at {w}; got {got:?}"
+            );
         }
     }
 
@@ -1518,8 +1540,11 @@ subscriptions:
     #[test]
     fn env_vars_expand_and_unset_ones_are_errors() {
         let env = vec![("NATS_TOKEN".to_string(), "s3cret".to_string())];
-        let c = Config::from_yaml("app_id: a\nnats: { token: \"${NATS_TOKEN}\" }\n", env.clone())
-            .expect("valid");
+        let c = Config::from_yaml(
+            "app_id: a\nnats: { token: \"${NATS_TOKEN}\" }\n",
+            env.clone(),
+        )
+        .expect("valid");
         assert!(matches!(c.nats.auth, NatsAuth::Token(ref t) if t.expose() == "s3cret"));
         let err = Config::from_yaml("app_id: a\napi: { token: \"${MISSING}\" }\n", env)
             .expect_err("unset var");
@@ -1532,7 +1557,10 @@ subscriptions:
         let env = vec![
             ("JETWAY_NATS__URL".to_string(), "nats://b:4222".to_string()),
             ("JETWAY_API__MAX_IN_FLIGHT".to_string(), "7".to_string()),
-            ("JETWAY_SUBSCRIPTIONS__0__CONCURRENCY".to_string(), "3".to_string()),
+            (
+                "JETWAY_SUBSCRIPTIONS__0__CONCURRENCY".to_string(),
+                "3".to_string(),
+            ),
             ("OTHER".to_string(), "x".to_string()),
         ];
         let yaml = "app_id: a\nnats: { url: nats://a:4222 }\nsubscriptions: [{name: s, subject: x, endpoint: 'http://127.0.0.1:1/'}]\n";
@@ -1562,33 +1590,48 @@ subscriptions:
 
     #[test]
     fn public_listen_needs_token_or_explicit_opt_in() {
-        assert_eq!(paths("app_id: a\napi: { listen: '0.0.0.0:1' }\n"), vec!["api.listen"]);
+        assert_eq!(
+            paths("app_id: a\napi: { listen: '0.0.0.0:1' }\n"),
+            vec!["api.listen"]
+        );
         assert!(load("app_id: a\napi: { listen: '0.0.0.0:1', token: t }\n").is_ok());
         assert!(load("app_id: a\napi: { listen: '0.0.0.0:1', insecure_listen: true }\n").is_ok());
     }
 
     #[test]
     fn credentials_in_nats_urls_are_refused_without_echo() {
-        let err = Config::from_yaml("app_id: a\nnats: { url: 'nats://u:hunter2@h:4222' }\n", Vec::new())
-            .expect_err("credentials");
+        let err = Config::from_yaml(
+            "app_id: a\nnats: { url: 'nats://u:hunter2@h:4222' }\n",
+            Vec::new(),
+        )
+        .expect_err("credentials");
         let text = err.to_string();
         assert!(text.contains("nats.url"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(url_has_credentials("tls://tok@h:4222"));
         assert!(!url_has_credentials("nats://h:4222/path@x"));
         assert!(!url_has_credentials("nats://h:4222"));
-        assert_eq!(paths("app_id: a\napi: { max_in_flight: 99999999999 }\n"), vec!["api.max_in_flight"]);
+        assert_eq!(
+            paths("app_id: a\napi: { max_in_flight: 99999999999 }\n"),
+            vec!["api.max_in_flight"]
+        );
     }
 
     #[test]
     fn secrets_must_be_quoted_strings() {
-        assert_eq!(paths("app_id: a\napi: { token: 0x1F }\n"), vec!["api.token"]);
+        assert_eq!(
+            paths("app_id: a\napi: { token: 0x1F }\n"),
+            vec!["api.token"]
+        );
         assert!(load("app_id: a\napi: { token: \"0x1F\" }\n").is_ok());
     }
 
     #[test]
     fn log_level_typos_are_caught() {
-        assert_eq!(paths("app_id: a\nlog: { level: inof }\n"), vec!["log.level"]);
+        assert_eq!(
+            paths("app_id: a\nlog: { level: inof }\n"),
+            vec!["log.level"]
+        );
         assert!(load("app_id: a\nlog: { level: debug }\n").is_ok());
         assert!(load("app_id: a\nlog: { level: \"warn,jetway=debug\" }\n").is_ok());
     }
@@ -1605,15 +1648,22 @@ subscriptions:
     #[test]
     fn override_problems_are_named_like_file_problems() {
         let env = vec![("JETWAY_SUBSCRIPTIONS__3__NAME".to_string(), "x".to_string())];
-        let yaml = "app_id: a\nsubscriptions: [{name: s, subject: x, endpoint: 'http://127.0.0.1:1/'}]\n";
+        let yaml =
+            "app_id: a\nsubscriptions: [{name: s, subject: x, endpoint: 'http://127.0.0.1:1/'}]\n";
         let err = Config::from_yaml(yaml, env).expect_err("no such item");
         assert_eq!(err.problems()[0].path, "subscriptions[3].name");
     }
 
     #[test]
     fn only_one_nats_auth_method() {
-        assert_eq!(paths("app_id: a\nnats: { token: t, user: u, password: p }\n"), vec!["nats"]);
-        assert_eq!(paths("app_id: a\nnats: { user: u }\n"), vec!["nats.password"]);
+        assert_eq!(
+            paths("app_id: a\nnats: { token: t, user: u, password: p }\n"),
+            vec!["nats"]
+        );
+        assert_eq!(
+            paths("app_id: a\nnats: { user: u }\n"),
+            vec!["nats.password"]
+        );
     }
 
     #[test]
@@ -1625,9 +1675,12 @@ subscriptions:
             ("last_per_subject", Some(Deliver::LastPerSubject)),
             ("{start_sequence: 5}", Some(Deliver::StartSequence(5))),
             ("{start_sequence: 0}", None),
-            ("{start_time: '2026-01-02T03:04:05Z'}", Some(Deliver::StartTime(
-                time::macros::datetime!(2026-01-02 03:04:05 UTC),
-            ))),
+            (
+                "{start_time: '2026-01-02T03:04:05Z'}",
+                Some(Deliver::StartTime(
+                    time::macros::datetime!(2026-01-02 03:04:05 UTC),
+                )),
+            ),
             ("{start_time: yesterday}", None),
             ("first", None),
         ];

@@ -69,7 +69,9 @@ impl NatsServer {
     /// Starts one on a free loopback port and waits until it accepts.
     pub async fn start(bin: &Path) -> Result<NatsServer, DevError> {
         let store = tempfile::Builder::new().prefix("jetway-dev-").tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let child = Command::new(bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store.path())
@@ -82,7 +84,10 @@ impl NatsServer {
                 source,
             })?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             if tokio::time::Instant::now() > deadline {
                 return Err(DevError::NotReady(port));
             }
@@ -107,7 +112,12 @@ impl Drop for NatsServer {
 }
 
 async fn echo(headers: HeaderMap, body: axum::body::Bytes) -> axum::http::StatusCode {
-    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    };
     let preview = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
     println!(
         "delivered  subscription={} subject={} seq={} attempt={}  {}",
@@ -121,10 +131,12 @@ async fn echo(headers: HeaderMap, body: axum::body::Bytes) -> axum::http::Status
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, DevError> {
-    TcpListener::bind(addr).await.map_err(|source| DevError::Bind {
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DevError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Runs the whole local setup until Ctrl-C.

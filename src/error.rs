@@ -157,24 +157,72 @@ mod tests {
     #[test]
     fn every_error_has_a_distinct_code_and_the_spec_status() {
         let table: Vec<(ApiError, u16, &str, &str)> = vec![
-            (SubjectError::Empty.into(), 400, "subject_invalid", "invalid"),
-            (ApiError::HeaderInvalid("x".into()), 400, "header_invalid", "invalid"),
-            (ApiError::CloudEventInvalid("x".into()), 400, "cloudevent_invalid", "invalid"),
-            (ApiError::BatchInvalid("x".into()), 400, "batch_invalid", "invalid"),
-            (ApiError::Unauthorized, 401, "unauthorized", "unauthorized"),
-            (ApiError::Forbidden("a".into()), 403, "forbidden", "forbidden"),
-            (ApiError::NoStream("a".into()), 404, "no_stream", "no_stream"),
             (
-                ApiError::Conflict { message: "x".into(), last_sequence: Some(3) },
+                SubjectError::Empty.into(),
+                400,
+                "subject_invalid",
+                "invalid",
+            ),
+            (
+                ApiError::HeaderInvalid("x".into()),
+                400,
+                "header_invalid",
+                "invalid",
+            ),
+            (
+                ApiError::CloudEventInvalid("x".into()),
+                400,
+                "cloudevent_invalid",
+                "invalid",
+            ),
+            (
+                ApiError::BatchInvalid("x".into()),
+                400,
+                "batch_invalid",
+                "invalid",
+            ),
+            (ApiError::Unauthorized, 401, "unauthorized", "unauthorized"),
+            (
+                ApiError::Forbidden("a".into()),
+                403,
+                "forbidden",
+                "forbidden",
+            ),
+            (
+                ApiError::NoStream("a".into()),
+                404,
+                "no_stream",
+                "no_stream",
+            ),
+            (
+                ApiError::Conflict {
+                    message: "x".into(),
+                    last_sequence: Some(3),
+                },
                 409,
                 "conflict",
                 "conflict",
             ),
-            (ApiError::PayloadTooLarge("x".into()), 413, "payload_too_large", "too_large"),
+            (
+                ApiError::PayloadTooLarge("x".into()),
+                413,
+                "payload_too_large",
+                "too_large",
+            ),
             (ApiError::Overloaded, 429, "overloaded", "overloaded"),
-            (ApiError::NatsUnavailable("x".into()), 503, "nats_unavailable", "unavailable"),
+            (
+                ApiError::NatsUnavailable("x".into()),
+                503,
+                "nats_unavailable",
+                "unavailable",
+            ),
             (ApiError::ShuttingDown, 503, "shutting_down", "unavailable"),
-            (ApiError::Timeout(Duration::from_secs(5)), 504, "timeout", "timeout"),
+            (
+                ApiError::Timeout(Duration::from_secs(5)),
+                504,
+                "timeout",
+                "timeout",
+            ),
         ];
         let mut codes = std::collections::HashSet::new();
         for (err, status, code, outcome) in table {

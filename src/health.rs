@@ -51,7 +51,10 @@ mod tests {
         let h = Health::default();
         assert_eq!(h.readiness(), Err("not connected to NATS"));
         h.set_connected(true);
-        assert_eq!(h.readiness(), Err("streams and consumers are not in place yet"));
+        assert_eq!(
+            h.readiness(),
+            Err("streams and consumers are not in place yet")
+        );
         h.set_provisioned();
         assert_eq!(h.readiness(), Ok(()));
         h.begin_shutdown();

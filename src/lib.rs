@@ -68,7 +68,13 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = metrics::Metrics::new();
     let health = Arc::new(health::Health::default());
-    let client = nats::connect(&config.nats, &config.app_id, health.clone(), metrics.clone()).await?;
+    let client = nats::connect(
+        &config.nats,
+        &config.app_id,
+        health.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let js = nats::jetstream(client.clone(), &config);
     let publisher = Arc::new(publish::Publisher::new(
         js.clone(),
@@ -79,7 +85,12 @@ pub async fn run(
     ));
     let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone());
 
-    let provisioning = tokio::spawn(provision(config.clone(), js.clone(), delivery.clone(), health.clone()));
+    let provisioning = tokio::spawn(provision(
+        config.clone(),
+        js.clone(),
+        delivery.clone(),
+        health.clone(),
+    ));
 
     let stop_http = CancellationToken::new();
     let api = tokio::spawn(server::serve(
@@ -119,7 +130,10 @@ pub async fn run(
     // bound also covers a client stalling mid-body.
     let drain_publishes = async {
         let bound = config.nats.request_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(bound, publisher.drain()).await.is_err() {
+        if tokio::time::timeout(bound, publisher.drain())
+            .await
+            .is_err()
+        {
             tracing::warn!("publishes still open after the request timeout; closing them");
         }
     };
@@ -158,7 +172,9 @@ async fn provision(
     let mut attempts = 0u32;
     loop {
         let result = async {
-            nats::ensure_streams(&js, &config).await.map_err(|e| e.to_string())?;
+            nats::ensure_streams(&js, &config)
+                .await
+                .map_err(|e| e.to_string())?;
             delivery.provision().await.map_err(|e| e.to_string())
         }
         .await;

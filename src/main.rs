@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use jetway::config::{Config, EXIT_INVALID};
 
 #[derive(Parser)]
-#[command(name = "jetway", version, about = "An event sidecar for NATS JetStream: HTTP in, HTTP out, at least once")]
+#[command(
+    name = "jetway",
+    version,
+    about = "An event sidecar for NATS JetStream: HTTP in, HTTP out, at least once"
+)]
 struct Cli {
     /// Config file (same as `jetway run --config FILE`).
     #[arg(long, global = false)]
@@ -100,10 +104,7 @@ fn inject(file: &str, image: String, legacy: bool) -> Result<(), ExitCode> {
         eprintln!("jetway inject: cannot read {file}: {e}");
         ExitCode::FAILURE
     })?;
-    let opts = jetway::inject::InjectOptions {
-        image,
-        legacy,
-    };
+    let opts = jetway::inject::InjectOptions { image, legacy };
     let out = jetway::inject::inject(&input, &opts).map_err(|e| {
         eprintln!("jetway inject: {e}");
         ExitCode::from(EXIT_INVALID as u8)
@@ -116,19 +117,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
-        (Some(Command::Check { config }), _) => load(&config).map(|_| println!("{}: valid", config.display())),
+        (Some(Command::Check { config }), _) => {
+            load(&config).map(|_| println!("{}: valid", config.display()))
+        }
         (Some(Command::Dev { config }), _) => runtime().and_then(|rt| {
-            rt.block_on(jetway::dev::dev(config.as_deref())).map_err(|e| {
-                eprintln!("jetway dev: {e}");
-                ExitCode::FAILURE
-            })
+            rt.block_on(jetway::dev::dev(config.as_deref()))
+                .map_err(|e| {
+                    eprintln!("jetway dev: {e}");
+                    ExitCode::FAILURE
+                })
         }),
-        (Some(Command::Inject {
-            file,
-            input,
-            image,
-            legacy,
-        }), _) => inject(input.as_deref().unwrap_or(&file), image, legacy),
+        (
+            Some(Command::Inject {
+                file,
+                input,
+                image,
+                legacy,
+            }),
+            _,
+        ) => inject(input.as_deref().unwrap_or(&file), image, legacy),
         (None, None) => {
             eprintln!("jetway: give a command (run, check, dev, inject) or --config FILE; see jetway --help");
             Err(ExitCode::from(EXIT_INVALID as u8))

@@ -95,7 +95,10 @@ impl Metrics {
             )
             .expect("static metric definition"),
             deliveries_in_flight: IntGaugeVec::new(
-                Opts::new("jetway_deliveries_in_flight", "Deliveries awaiting the endpoint"),
+                Opts::new(
+                    "jetway_deliveries_in_flight",
+                    "Deliveries awaiting the endpoint",
+                ),
                 &["subscription"],
             )
             .expect("static metric definition"),
@@ -116,12 +119,18 @@ impl Metrics {
             )
             .expect("static metric definition"),
             dead_letters_total: IntCounterVec::new(
-                Opts::new("jetway_dead_letters_total", "Messages moved to the dead letter stream"),
+                Opts::new(
+                    "jetway_dead_letters_total",
+                    "Messages moved to the dead letter stream",
+                ),
                 &["subscription", "reason"],
             )
             .expect("static metric definition"),
             endpoint_up: GaugeVec::new(
-                Opts::new("jetway_endpoint_up", "1 while the subscription's endpoint answers"),
+                Opts::new(
+                    "jetway_endpoint_up",
+                    "1 while the subscription's endpoint answers",
+                ),
                 &["subscription"],
             )
             .expect("static metric definition"),
@@ -165,8 +174,12 @@ impl Metrics {
     pub fn subscription(&self, subscription: &str) -> SubscriptionMetrics {
         let s = [subscription];
         SubscriptionMetrics {
-            success: self.deliveries_total.with_label_values(&[subscription, "success"]),
-            retry: self.deliveries_total.with_label_values(&[subscription, "retry"]),
+            success: self
+                .deliveries_total
+                .with_label_values(&[subscription, "success"]),
+            retry: self
+                .deliveries_total
+                .with_label_values(&[subscription, "retry"]),
             dead_letter: self
                 .deliveries_total
                 .with_label_values(&[subscription, "dead_letter"]),

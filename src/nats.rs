@@ -72,12 +72,12 @@ pub async fn connect(
                 source,
             })?,
         NatsAuth::NkeySeedFile(path) => {
-            let seed = tokio::fs::read_to_string(path)
-                .await
-                .map_err(|source| ConnectError::Credentials {
+            let seed = tokio::fs::read_to_string(path).await.map_err(|source| {
+                ConnectError::Credentials {
                     path: path.display().to_string(),
                     source,
-                })?;
+                }
+            })?;
             ConnectOptions::with_nkey(seed.trim().to_string())
         }
         NatsAuth::Token(token) => ConnectOptions::new().token(token.expose().to_string()),
@@ -245,7 +245,10 @@ pub fn stream_differences(wanted: &stream::Config, existing: &stream::Config) ->
 
 /// Creates a stream when missing; an existing one is never changed, only
 /// reported when it differs.
-async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config) -> Result<(), ProvisionError> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    wanted: stream::Config,
+) -> Result<(), ProvisionError> {
     let name = wanted.name.clone();
     match js.get_stream(&name).await {
         Ok(mut existing) => {
@@ -292,7 +295,10 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
 }
 
 /// Puts every configured stream and the dead-letter stream in place.
-pub async fn ensure_streams(js: &jetstream::Context, config: &Config) -> Result<(), ProvisionError> {
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    config: &Config,
+) -> Result<(), ProvisionError> {
     for s in &config.streams {
         ensure_stream(js, wanted_stream(s)).await?;
     }

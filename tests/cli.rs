@@ -28,7 +28,11 @@ subscriptions:
 fn check_lists_every_problem_and_exits_64() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(&dir, BROKEN);
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     for path in [
@@ -39,17 +43,29 @@ fn check_lists_every_problem_and_exits_64() {
         "typo_key",
         "subscriptions[0].subject",
     ] {
-        assert!(stderr.contains(&format!("{path}:")), "{path} missing from:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("{path}:")),
+            "{path} missing from:\n{stderr}"
+        );
     }
 }
 
 #[test]
 fn check_accepts_the_shipped_example() {
     let out = Command::new(BIN)
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jetway.yaml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jetway.yaml"),
+        ])
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -57,7 +73,11 @@ fn run_refuses_an_invalid_config_before_touching_the_network() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(&dir, BROKEN);
     for args in [vec!["run", "--config"], vec!["--config"]] {
-        let out = Command::new(BIN).args(&args).arg(&path).output().expect("run");
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg(&path)
+            .output()
+            .expect("run");
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("typo_key"));
     }
@@ -67,7 +87,11 @@ fn run_refuses_an_invalid_config_before_touching_the_network() {
 fn env_overrides_and_variables_apply_to_check() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(&dir, "app_id: a\napi: { token: \"${JW_TEST_TOKEN}\" }\n");
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(64), "unset variable is an error");
     let out = Command::new(BIN)
         .args(["check", "--config"])
@@ -120,7 +144,14 @@ async fn dev_starts_nats_and_delivers_to_its_echo_endpoint() {
     let ready = format!("http://127.0.0.1:{metrics}/readyz");
     eventually("jetway dev ready", || {
         let (http, ready) = (http.clone(), ready.clone());
-        async move { http.get(&ready).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+        async move {
+            http.get(&ready)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        }
     })
     .await;
     let resp = http
@@ -142,8 +173,15 @@ async fn dev_starts_nats_and_delivers_to_its_echo_endpoint() {
         false
     })
     .await;
-    assert_eq!(delivered, Ok(true), "no delivery printed; output: {lines:?}");
+    assert_eq!(
+        delivered,
+        Ok(true),
+        "no delivery printed; output: {lines:?}"
+    );
     signal(child.id(), "INT");
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
     assert_eq!(status.code(), Some(0));
 }

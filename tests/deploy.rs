@@ -1074,7 +1074,8 @@ async fn scraped_metric_names() -> BTreeSet<String> {
         let s = &sidecar;
         async move {
             let t = s.metrics_text().await;
-            t.contains("jetway_delivery_latency_seconds_count").then_some(t)
+            t.contains("jetway_delivery_latency_seconds_count")
+                .then_some(t)
         }
     })
     .await;
@@ -1098,7 +1099,10 @@ async fn every_metric_in_dashboard_and_alerts_is_in_a_live_scrape() {
     // The SPEC list above and the live scrape agree.
     let spec = exported_metric_names();
     let not_live: Vec<&String> = spec.difference(&scraped).collect();
-    assert!(not_live.is_empty(), "SPEC metrics missing from /metrics: {not_live:?}");
+    assert!(
+        not_live.is_empty(),
+        "SPEC metrics missing from /metrics: {not_live:?}"
+    );
 }
 
 #[test]

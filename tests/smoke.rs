@@ -27,7 +27,12 @@ async fn published_event_is_stored_and_delivered() {
     let m = eventually("success metric", || {
         let s = &sidecar;
         async move {
-            let v = s.metric("jetway_deliveries_total", &[("subscription", "s1"), ("outcome", "success")]).await;
+            let v = s
+                .metric(
+                    "jetway_deliveries_total",
+                    &[("subscription", "s1"), ("outcome", "success")],
+                )
+                .await;
             (v >= 1.0).then_some(v)
         }
     })

@@ -445,8 +445,7 @@ impl Delivery {
 
     fn set_endpoint_up(&self, sub: &Subscription, up: bool) {
         let was = sub.endpoint_up.swap(up, Ordering::SeqCst);
-        sub.metrics.endpoint_up
-            .set(if up { 1.0 } else { 0.0 });
+        sub.metrics.endpoint_up.set(if up { 1.0 } else { 0.0 });
         if was && !up {
             tracing::warn!(subscription = sub.name(), endpoint = %sub.config.endpoint, "endpoint not reachable; pausing delivery until it answers");
         } else if !was && up {
@@ -475,8 +474,7 @@ impl Delivery {
                 continue;
             }
             if !*healthy.borrow_and_update() {
-                sub.metrics.endpoint_up
-                    .set(0.0);
+                sub.metrics.endpoint_up.set(0.0);
                 tokio::select! {
                     _ = healthy.wait_for(|h| *h) => {}
                     _ = self.stop.cancelled() => return false,
@@ -495,8 +493,7 @@ impl Delivery {
                 }
                 continue;
             }
-            sub.metrics.endpoint_up
-                .set(1.0);
+            sub.metrics.endpoint_up.set(1.0);
             return true;
         }
     }
@@ -678,8 +675,7 @@ impl Delivery {
                 if let Err(e) = msg.ack_with(AckKind::Term).await {
                     tracing::warn!(subscription = sub.name(), error = %e, "terminating a dead-lettered message failed; its redelivery will be stored once (same id)");
                 }
-                sub.metrics.dead_letter
-                    .inc();
+                sub.metrics.dead_letter.inc();
                 match failure.reason {
                     Reason::Rejected => sub.metrics.rejected.inc(),
                     Reason::Exhausted => sub.metrics.exhausted.inc(),
@@ -701,8 +697,7 @@ impl Delivery {
                     Some(retry::backoff(env.attempt, &sub.config.retry, 0.0)),
                 )
                 .await;
-                sub.metrics.retry
-                    .inc();
+                sub.metrics.retry.inc();
             }
         }
     }
@@ -814,8 +809,7 @@ impl Delivery {
         let delivered =
             matches!(attempt.outcome, Outcome::Status { code, .. } if (200..300).contains(&code));
         if delivered {
-            sub.metrics.success
-                .inc();
+            sub.metrics.success.inc();
         } else {
             // Keep it, with one more attempt recorded: store the rewrite,
             // then drop the old entry.
@@ -870,8 +864,7 @@ impl Delivery {
                 // At once, not when each worker next looks.
                 for sub in &self.subscriptions {
                     let up = healthy && sub.endpoint_up.load(Ordering::SeqCst);
-                    sub.metrics.endpoint_up
-                        .set(if up { 1.0 } else { 0.0 });
+                    sub.metrics.endpoint_up.set(if up { 1.0 } else { 0.0 });
                 }
             }
             let wait = if healthy {
@@ -894,9 +887,11 @@ impl Delivery {
             for sub in &self.subscriptions {
                 if let Some(consumer) = sub.consumer.get() {
                     if let Ok(info) = consumer.get_info().await {
-                        sub.metrics.pending
+                        sub.metrics
+                            .pending
                             .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
-                        sub.metrics.ack_pending
+                        sub.metrics
+                            .ack_pending
                             .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
                     }
                 }

@@ -243,7 +243,10 @@ impl Publisher {
                 Ok(ack) => return Ok(ack.into()),
                 Err(e) => e,
             };
-            if matches!(err.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe) {
+            if matches!(
+                err.kind(),
+                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+            ) {
                 maybe_stored = true;
             }
             // No responders: give an election a moment before resending.
@@ -275,12 +278,19 @@ impl Publisher {
         }
     }
 
-    async fn classify(&self, msg: &Outgoing, err: jetstream::context::PublishError, maybe_stored: bool) -> ApiError {
+    async fn classify(
+        &self,
+        msg: &Outgoing,
+        err: jetstream::context::PublishError,
+        maybe_stored: bool,
+    ) -> ApiError {
         match err.kind() {
             // No responders for a subject a configured stream captures: the
             // stream is there but not answering (leader election, JetStream
             // starting), so this try stored nothing.
-            PublishErrorKind::StreamNotFound if self.stream_label(&msg.subject) != UNKNOWN_STREAM => {
+            PublishErrorKind::StreamNotFound
+                if self.stream_label(&msg.subject) != UNKNOWN_STREAM =>
+            {
                 if maybe_stored {
                     ApiError::Timeout(self.request_timeout)
                 } else {
