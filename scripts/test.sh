@@ -10,7 +10,7 @@ cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --lib --bins --tests
 # The same end-to-end paths against a current server (2.14).
 if latest=$(scripts/nats-server-latest.sh); then
-  NATS_SERVER_BIN="$latest" cargo test --locked --test smoke
+  NATS_SERVER_BIN="$latest" cargo test --locked --test smoke --test publish --test delivery
 else
   echo "warning: could not fetch nats-server 2.14; newer-server tests skipped" >&2
 fi
