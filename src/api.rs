@@ -32,20 +32,24 @@ pub struct ApiState {
     pub token: Option<Secret>,
 }
 
-impl FromRef<ApiState> for Arc<Publisher> {
-    fn from_ref(s: &ApiState) -> Self {
+/// The router's state: axum clones it for every request, so it is one Arc.
+#[derive(Clone)]
+struct Shared(Arc<ApiState>);
+
+impl FromRef<Shared> for Arc<Publisher> {
+    fn from_ref(Shared(s): &Shared) -> Self {
         s.publisher.clone()
     }
 }
 
-impl FromRef<ApiState> for Arc<Delivery> {
-    fn from_ref(s: &ApiState) -> Self {
+impl FromRef<Shared> for Arc<Delivery> {
+    fn from_ref(Shared(s): &Shared) -> Self {
         s.delivery.clone()
     }
 }
 
-impl FromRef<ApiState> for async_nats::jetstream::Context {
-    fn from_ref(s: &ApiState) -> Self {
+impl FromRef<Shared> for async_nats::jetstream::Context {
+    fn from_ref(Shared(s): &Shared) -> Self {
         s.js.clone()
     }
 }
@@ -87,7 +91,7 @@ struct Auth {
 
 /// `Authorization: Bearer <api.token>`, compared in constant time (only the
 /// length of a wrong token can be timed, never how much of it was right).
-async fn require_token(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+async fn require_token(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
     if let Some(token) = &auth.token {
         let given = bearer(request.headers());
         if !bool::from(given.ct_eq(token.expose().as_bytes())) {
@@ -168,10 +172,12 @@ async fn method_not_allowed() -> ApiError {
 
 /// The `/v1` API.
 pub fn router(state: ApiState) -> Router {
-    let auth = Auth {
+    // Shared behind one Arc each: axum clones a router's state for every
+    // request.
+    let auth = Arc::new(Auth {
         token: state.token.clone(),
         publisher: state.publisher.clone(),
-    };
+    });
     Router::new()
         .route("/v1/publish", post(publish::publish_batch))
         .route("/v1/publish/{*subject}", post(publish_one))
@@ -198,7 +204,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subjects/{subject}/last", get(admin::last_message))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .with_state(state)
+        .with_state(Shared(Arc::new(state)))
         // Around every handler, so whatever an extractor refuses still gets
         // the JSON error body.
         .layer(middleware::from_fn(json_errors))
