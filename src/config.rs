@@ -1464,10 +1464,10 @@ mod tests {
         let c = load("app_id: orders\n").expect("valid");
         assert_eq!(c.app_id, "orders");
         assert_eq!(c.shutdown_grace, Duration::from_secs(20));
-        assert_eq!(c.api.listen, "127.0.0.1:4480".parse().unwrap());
+        assert_eq!(c.api.listen, "127.0.0.1:4480".parse().expect("addr"));
         assert_eq!(c.api.max_body, 1 << 20);
         assert_eq!(c.api.max_in_flight, 10_000);
-        assert_eq!(c.metrics.listen, "0.0.0.0:4481".parse().unwrap());
+        assert_eq!(c.metrics.listen, "0.0.0.0:4481".parse().expect("addr"));
         assert_eq!(c.dead_letter.stream, "JETWAY_DLQ");
         assert_eq!(c.nats.urls, vec!["nats://127.0.0.1:4222"]);
         assert_eq!(c.nats.request_timeout, Duration::from_secs(5));
