@@ -2,12 +2,13 @@
 //! each message POSTed to the app's endpoint, acknowledged only after a 2xx
 //! or after its dead letter's PubAck.
 //!
-//! Each subscription has one worker task. It fetches no more messages than
-//! it has free delivery slots (`concurrency`), so a backlog never floods
-//! the app, and it stops fetching while the app is down, paused or failing
-//! its health check. Every message gets its own task, which keeps the
-//! message alive in JetStream with in-progress acks while the endpoint
-//! works on it.
+//! Each subscription has one worker task. At most `concurrency` requests
+//! reach the app at once (slots), and the worker holds at most one batch
+//! more than that (look-ahead, so a freed slot never waits for a pull round
+//! trip); a backlog never floods the app. It stops fetching while the app is
+//! down, paused or failing its health check. Every message gets its own
+//! task, which keeps the message alive in JetStream with in-progress acks
+//! while it waits for a slot and while the endpoint works on it.
 
 pub mod request;
 pub mod retry;
@@ -498,28 +499,35 @@ impl Delivery {
         }
     }
 
-    /// The worker of one subscription: fetch as many as there are free
-    /// slots, hand each message to its own task.
+    /// The worker of one subscription: fetch as many as may be held, hand
+    /// each message to its own task.
     async fn run(self: Arc<Self>, sub: Arc<Subscription>) {
         let Some(consumer) = sub.consumer.get().cloned() else {
             return;
         };
         let concurrency = sub.config.effective_concurrency();
+        // Slots bound the requests at the app; holds bound the messages this
+        // sidecar has taken from JetStream: one batch of look-ahead, so the
+        // next message is already here when a slot frees (no pull round trip
+        // per message). Waiting ones are kept alive with in-progress acks.
         let slots = Arc::new(Semaphore::new(concurrency));
+        let look_ahead = if sub.config.ordered { 1 } else { concurrency };
+        let holds = Arc::new(Semaphore::new(concurrency + look_ahead));
+        let max_held = concurrency + look_ahead;
         let mut deliveries = JoinSet::new();
         let mut fetch_delay = Duration::from_millis(100);
         while self.wait_until_deliverable(&sub).await {
             while deliveries.try_join_next().is_some() {}
             let first = tokio::select! {
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
+                hold = holds.clone().acquire_owned() => match hold {
+                    Ok(hold) => hold,
                     Err(_) => break,
                 },
                 _ = self.stop.cancelled() => break,
             };
             let mut held = vec![first];
-            while held.len() < concurrency {
-                match slots.clone().try_acquire_owned() {
+            while held.len() < max_held {
+                match holds.clone().try_acquire_owned() {
                     Ok(slot) => held.push(slot),
                     Err(_) => break,
                 }
@@ -562,8 +570,13 @@ impl Delivery {
                 };
                 match next {
                     Some(Ok(msg)) => {
-                        let slot = held.pop();
-                        deliveries.spawn(self.clone().deliver(sub.clone(), msg, slot));
+                        let hold = held.pop();
+                        deliveries.spawn(self.clone().deliver(
+                            sub.clone(),
+                            msg,
+                            hold,
+                            slots.clone(),
+                        ));
                     }
                     Some(Err(e)) => {
                         tracing::debug!(subscription = sub.name(), error = %e, "pull ended early");
@@ -576,12 +589,14 @@ impl Delivery {
         while deliveries.join_next().await.is_some() {}
     }
 
-    /// One message, one attempt, one decision.
+    /// One message, one attempt, one decision. `_hold` counts it as taken
+    /// from JetStream; it waits for one of `slots` before the app sees it.
     async fn deliver(
         self: Arc<Self>,
         sub: Arc<Subscription>,
         msg: jetstream::Message,
-        _slot: Option<OwnedSemaphorePermit>,
+        _hold: Option<OwnedSemaphorePermit>,
+        slots: Arc<Semaphore>,
     ) {
         let env = match envelope(&msg) {
             Ok(env) => env,
@@ -595,6 +610,27 @@ impl Delivery {
             nak(&msg, None).await;
             return;
         }
+        let every = ack_wait(&sub.config) / 3;
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // Wait for a free slot, keeping the message alive meanwhile.
+        let _slot = loop {
+            tokio::select! {
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => break slot,
+                    Err(_) => return,
+                },
+                _ = progress.tick() => {
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::debug!(subscription = sub.name(), error = %e, "in-progress ack failed");
+                    }
+                }
+                _ = self.stop.cancelled() => {
+                    // Not tried; another replica takes it at once.
+                    nak(&msg, None).await;
+                    return;
+                }
+            }
+        };
         if !self.deliverable(&sub) {
             // Arrived in a pull that was open when the app went down, its
             // health check failed or the subscription was paused: not tried.
@@ -605,8 +641,6 @@ impl Delivery {
         let attempt = {
             let call = self.call(&sub, &env);
             tokio::pin!(call);
-            let every = ack_wait(&sub.config) / 3;
-            let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tokio::select! {
                     attempt = &mut call => break attempt,
