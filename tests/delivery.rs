@@ -878,14 +878,18 @@ async fn replay_delivers_to_that_subscription_only() {
 
     // The other subscriber of the subject got nothing extra.
     let marker = api.publish("orders.created", &[], "marker").await;
-    eventually("marker at s2", || async {
-        s2_endpoint
-            .received()
-            .iter()
-            .any(|r| sequence(r) == marker)
-            .then_some(())
-    })
-    .await;
+    // Both subscriptions must have it before s1 breaks again, else the
+    // marker itself could become s1's next dead letter.
+    for endpoint in [&s2_endpoint, &s1_endpoint] {
+        eventually("marker delivered", || async {
+            endpoint
+                .received()
+                .iter()
+                .any(|r| sequence(r) == marker)
+                .then_some(())
+        })
+        .await;
+    }
     let bodies: Vec<Vec<u8>> = s2_endpoint
         .received()
         .iter()
