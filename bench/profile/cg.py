@@ -38,3 +38,12 @@ print('total', total)
 src = selfc if mode=='self' else incl
 for f,c in src.most_common(top):
     print(f'{c:>14,} {100*c/total:6.2f}%  {f[:170]}')
+if mode=='callees':
+    # python3 cg.py FILE TOP callees SUBSTRING: what functions matching SUBSTRING call, inclusive
+    pat=sys.argv[4]
+    cc=collections.Counter()
+    for (f,g),c in callc.items():
+        if pat in f and f!=g: cc[g]+=c
+    print('callees of', pat)
+    for g,c in cc.most_common(top):
+        print(f'{c:>14,} {100*c/total:6.2f}%  {g[:170]}')

@@ -342,16 +342,35 @@ async fn bench(plan: Plan) -> Res<()> {
     );
 
     warm_up(&b).await?;
-    ceiling(&b, &mut results).await?;
-    publish(&b, &mut results).await?;
+    // `JETWAY_BENCH_ONLY=publish,delivery,...` runs some phases only (an
+    // experiment: its results never replace the reference ones).
+    let only = std::env::var("JETWAY_BENCH_ONLY").ok();
+    let run = |phase: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|p| p.trim() == phase))
+    };
+    if run("ceiling") {
+        ceiling(&b, &mut results).await?;
+    }
+    if run("publish") {
+        publish(&b, &mut results).await?;
+    }
     // Delivery before batch: the batch phase's heap (100-item bodies of
     // 16 KiB payloads) stays mapped afterwards and would count as the
     // delivery phase's peak.
-    delivery(&b, &mut results).await?;
-    batch(&b, &mut results).await?;
-    latency_one(&b, &mut results).await?;
-    latency_half_rate(&b, &mut results).await?;
-    stored_to_delivered(&b, &mut results).await?;
+    if run("delivery") {
+        delivery(&b, &mut results).await?;
+    }
+    if run("batch") {
+        batch(&b, &mut results).await?;
+    }
+    if run("latency") {
+        latency_one(&b, &mut results).await?;
+        latency_half_rate(&b, &mut results).await?;
+    }
+    if run("stored") {
+        stored_to_delivered(&b, &mut results).await?;
+    }
 
     tokio::time::sleep(b.plan.settle).await;
     results.footprint.idle_after_load_rss_kib = usage(jpid)?.rss_kib;

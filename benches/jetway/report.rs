@@ -627,11 +627,14 @@ pub fn write(r: &Results, quick: bool) -> Res<()> {
     std::fs::create_dir_all(&dir).ctx("creating bench/results")?;
     // An experiment on the bare loop's pull batch must not replace the
     // reference results.
-    let experiment = std::env::var("JETWAY_BENCH_BARE_BATCH").is_ok();
-    let stem = match (quick, experiment) {
-        (true, _) => "quick",
-        (false, true) => "experiment-bare-batch",
-        (false, false) => "latest",
+    let bare_batch = std::env::var("JETWAY_BENCH_BARE_BATCH").is_ok();
+    let partial = std::env::var("JETWAY_BENCH_ONLY").is_ok();
+    let experiment = bare_batch || partial;
+    let stem = match (quick, bare_batch, partial) {
+        (true, _, _) => "quick",
+        (false, true, _) => "experiment-bare-batch",
+        (false, false, true) => "partial",
+        (false, false, false) => "latest",
     };
     let json = serde_json::to_string_pretty(r).ctx("serialising the results")?;
     let json_path = dir.join(format!("{stem}.json"));

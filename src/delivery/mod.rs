@@ -3,13 +3,15 @@
 //! or after its dead letter's PubAck.
 //!
 //! Each subscription has one worker task. At most `concurrency` requests
-//! reach the app at once (slots), and the worker holds at most one batch
-//! more than that (look-ahead, so a freed slot never waits for a pull round
-//! trip); a backlog never floods the app. It stops fetching while the app is
+//! reach the app at once (slots), and the worker holds a bounded look-ahead
+//! beyond them (so a freed slot never waits for a pull round trip), pulled
+//! on one long-lived inbox subscription (`puller.rs`); a backlog never floods
+//! the app. It stops fetching while the app is
 //! down, paused or failing its health check. Every message gets its own
 //! task, which keeps the message alive in JetStream with in-progress acks
 //! while it waits for a slot and while the endpoint works on it.
 
+mod puller;
 pub mod request;
 pub mod retry;
 
@@ -29,9 +31,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::sync::{watch, Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Mutex, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{AppConfig, Config, Deliver, SubscriptionConfig};
 use crate::dead_letter::{self, DeadLetters, DlqError, Failure};
@@ -40,14 +43,17 @@ use crate::subject;
 use request::{Envelope, Target};
 use retry::{Action, Outcome, Reason};
 
-/// How long one pull request waits for messages.
-const FETCH_WAIT: Duration = Duration::from_secs(2);
+/// Messages held beyond the in-flight ones, at least: at low concurrency a
+/// look-ahead of one would cost a pull request per message.
+const MIN_LOOK_AHEAD: usize = 16;
+/// Longest wait before pulling again after a failed pull.
+const MAX_FETCH_DELAY: Duration = Duration::from_secs(2);
 /// Delay of the NAK that hands back a message this sidecar cannot deliver
 /// now (app down, unhealthy, or subscription paused). Longer than a pull
 /// request lives, so the message never bounces straight back into the pull
 /// it came from (each bounce would cost an attempt); other replicas take
 /// it after the delay.
-const HAND_BACK_DELAY: Duration = Duration::from_secs(FETCH_WAIT.as_secs() + 1);
+const HAND_BACK_DELAY: Duration = Duration::from_secs(puller::FETCH_WAIT.as_secs() + 1);
 /// Longest wait between probes of a down endpoint.
 const MAX_PROBE_DELAY: Duration = Duration::from_secs(2);
 /// How often consumer lag is read for the metrics.
@@ -499,94 +505,99 @@ impl Delivery {
         }
     }
 
-    /// The worker of one subscription: fetch as many as may be held, hand
+    /// The worker of one subscription: pull as many as may be held, hand
     /// each message to its own task.
     async fn run(self: Arc<Self>, sub: Arc<Subscription>) {
         let Some(consumer) = sub.consumer.get().cloned() else {
             return;
         };
+        // Slots bound the requests at the app; holds (in the puller) bound
+        // the messages this sidecar has taken from JetStream: a look-ahead,
+        // so the next message is already here when a slot frees. Waiting
+        // ones are kept alive with in-progress acks.
         let concurrency = sub.config.effective_concurrency();
-        // Slots bound the requests at the app; holds bound the messages this
-        // sidecar has taken from JetStream: one batch of look-ahead, so the
-        // next message is already here when a slot frees (no pull round trip
-        // per message). Waiting ones are kept alive with in-progress acks.
         let slots = Arc::new(Semaphore::new(concurrency));
-        let look_ahead = if sub.config.ordered { 1 } else { concurrency };
-        let holds = Arc::new(Semaphore::new(concurrency + look_ahead));
-        let max_held = concurrency + look_ahead;
-        let mut deliveries = JoinSet::new();
+        let sizes = puller::Sizes::new(concurrency, sub.config.ordered, MIN_LOOK_AHEAD);
+        let deliveries = TaskTracker::new();
         let mut fetch_delay = Duration::from_millis(100);
-        while self.wait_until_deliverable(&sub).await {
-            while deliveries.try_join_next().is_some() {}
-            let first = tokio::select! {
-                hold = holds.clone().acquire_owned() => match hold {
-                    Ok(hold) => hold,
-                    Err(_) => break,
-                },
-                _ = self.stop.cancelled() => break,
-            };
-            let mut held = vec![first];
-            while held.len() < max_held {
-                match holds.clone().try_acquire_owned() {
-                    Ok(slot) => held.push(slot),
-                    Err(_) => break,
+        let mut puller = loop {
+            match puller::Puller::new(self.js.clone(), consumer.clone(), sizes).await {
+                Ok(puller) => break puller,
+                Err(e) => {
+                    tracing::warn!(subscription = sub.name(), error = %e, "cannot subscribe for pulls; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(fetch_delay) => {}
+                        _ = self.stop.cancelled() => return,
+                    }
+                    fetch_delay = (fetch_delay * 2).min(MAX_FETCH_DELAY);
                 }
             }
-            let batch = consumer
-                .batch()
-                .max_messages(held.len())
-                .expires(FETCH_WAIT)
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(batch) => {
-                    fetch_delay = Duration::from_millis(100);
-                    batch
+        };
+        loop {
+            if !puller.is_open() {
+                if !self.wait_until_deliverable(&sub).await {
+                    break;
                 }
-                Err(e) => {
-                    tracing::debug!(subscription = sub.name(), error = %e, "fetch failed; retrying");
-                    drop(held);
+                let free = tokio::select! {
+                    free = puller.free_holds() => match free {
+                        Some(free) => free,
+                        None => break,
+                    },
+                    _ = self.stop.cancelled() => break,
+                };
+                if let Err(e) = puller.request(free).await {
+                    tracing::debug!(subscription = sub.name(), error = %e, "pull request failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(fetch_delay) => {}
                         _ = self.stop.cancelled() => break,
                     }
-                    fetch_delay = (fetch_delay * 2).min(Duration::from_secs(2));
+                    fetch_delay = (fetch_delay * 2).min(MAX_FETCH_DELAY);
                     continue;
                 }
+            }
+            let pulled = tokio::select! {
+                pulled = puller.next() => pulled,
+                _ = self.stop.cancelled() => break,
             };
-            loop {
-                let next = tokio::select! {
-                    next = batch.next() => next,
-                    _ = self.stop.cancelled() => {
-                        // Messages of this pull still arriving go straight back.
-                        let _ = tokio::time::timeout(FETCH_WAIT, async {
-                            while let Some(Ok(msg)) = batch.next().await {
-                                nak(&msg, None).await;
-                            }
-                        })
-                        .await;
-                        break;
+            match pulled {
+                puller::Pulled::Message(msg, hold) => {
+                    fetch_delay = Duration::from_millis(100);
+                    // Boxed: the task then moves a pointer, not the whole
+                    // state machine, on its way into the runtime.
+                    let delivery =
+                        Box::pin(self.clone().deliver(sub.clone(), *msg, hold, slots.clone()));
+                    deliveries.spawn(delivery);
+                }
+                puller::Pulled::Ended(None) => fetch_delay = Duration::from_millis(100),
+                puller::Pulled::Ended(Some(why)) => {
+                    tracing::debug!(subscription = sub.name(), reason = %why, "pull ended early; pulling again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(fetch_delay) => {}
+                        _ = self.stop.cancelled() => break,
                     }
-                };
-                match next {
-                    Some(Ok(msg)) => {
-                        let hold = held.pop();
-                        deliveries.spawn(self.clone().deliver(
-                            sub.clone(),
-                            msg,
-                            hold,
-                            slots.clone(),
-                        ));
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(subscription = sub.name(), error = %e, "pull ended early");
-                        break;
-                    }
-                    None => break,
+                    fetch_delay = (fetch_delay * 2).min(MAX_FETCH_DELAY);
+                }
+                puller::Pulled::Closed => {
+                    tracing::warn!(
+                        subscription = sub.name(),
+                        "pull subscription closed; delivery stops"
+                    );
+                    break;
                 }
             }
         }
-        while deliveries.join_next().await.is_some() {}
+        // Messages of an open request still arriving go straight back.
+        let _ = tokio::time::timeout(puller::FETCH_WAIT, async {
+            while puller.is_open() {
+                match puller.next().await {
+                    puller::Pulled::Message(msg, _hold) => nak(&msg, None).await,
+                    _ => break,
+                }
+            }
+        })
+        .await;
+        deliveries.close();
+        deliveries.wait().await;
     }
 
     /// One message, one attempt, one decision. `_hold` counts it as taken
@@ -594,11 +605,11 @@ impl Delivery {
     async fn deliver(
         self: Arc<Self>,
         sub: Arc<Subscription>,
-        msg: jetstream::Message,
-        _hold: Option<OwnedSemaphorePermit>,
+        mut msg: jetstream::Message,
+        _hold: puller::Hold,
         slots: Arc<Semaphore>,
     ) {
-        let env = match envelope(&msg) {
+        let env = match envelope(&mut msg) {
             Ok(env) => env,
             Err(e) => {
                 tracing::error!(subscription = sub.name(), error = %e, "message without JetStream metadata; leaving it to redelivery");
@@ -639,8 +650,8 @@ impl Delivery {
         }
         let _in_flight = InFlight::new(&sub);
         let attempt = {
-            let call = self.call(&sub, &env);
-            tokio::pin!(call);
+            // Boxed: the spawned task stays small while it waits for a slot.
+            let mut call = Box::pin(self.call(&sub, &env));
             loop {
                 tokio::select! {
                     attempt = &mut call => break attempt,
@@ -685,7 +696,7 @@ impl Delivery {
                     error: attempt.error,
                     attempts: env.attempt,
                 };
-                self.dead_letter(&sub, &msg, &env, failure).await;
+                Box::pin(self.dead_letter(&sub, &msg, &env, failure)).await;
             }
         }
     }
@@ -946,15 +957,23 @@ async fn nak(msg: &jetstream::Message, delay: Option<Duration>) {
     }
 }
 
-fn envelope(msg: &jetstream::Message) -> Result<Envelope, async_nats::Error> {
+/// The envelope of a pulled message; its headers move into it (acks need
+/// only the reply subject).
+fn envelope(msg: &mut jetstream::Message) -> Result<Envelope, async_nats::Error> {
     let info = msg.info()?;
+    let (stream, sequence, delivered, published) = (
+        info.stream.to_string(),
+        info.stream_sequence,
+        info.delivered,
+        info.published,
+    );
     Ok(Envelope {
         subject: msg.subject.to_string(),
-        stream: info.stream.to_string(),
-        sequence: info.stream_sequence,
-        attempt: u64::try_from(info.delivered).unwrap_or(1).max(1),
-        published: info.published,
-        headers: msg.headers.clone().unwrap_or_default(),
+        stream,
+        sequence,
+        attempt: u64::try_from(delivered).unwrap_or(1).max(1),
+        published,
+        headers: msg.message.headers.take().unwrap_or_default(),
         payload: msg.payload.clone(),
     })
 }

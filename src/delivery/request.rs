@@ -42,15 +42,19 @@ impl Envelope {
 /// Whether a stored header goes to the endpoint as it is. NATS control
 /// headers and jetway's own are not passed through.
 fn passes_through(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !(lower.starts_with("nats-")
-        || lower.starts_with("jetway-")
-        || lower == "traceparent"
-        || lower == "content-length"
-        || lower == "host"
-        || lower == "authorization"
-        || lower == "idempotency-key"
-        || lower.starts_with("webhook-"))
+    let starts = |prefix: &str| {
+        name.get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
+    let is = |other: &str| name.eq_ignore_ascii_case(other);
+    !(starts("nats-")
+        || starts("jetway-")
+        || starts("webhook-")
+        || is("traceparent")
+        || is("content-length")
+        || is("host")
+        || is("authorization")
+        || is("idempotency-key"))
 }
 
 /// `traceparent` with the same trace and a new span id (this delivery is a
@@ -93,9 +97,23 @@ pub struct Target<'a> {
     pub callback_token: Option<&'a Secret>,
 }
 
-fn insert(headers: &mut hyper::HeaderMap, name: &'static str, value: &str) {
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const SUBSCRIPTION: HeaderName = HeaderName::from_static("jetway-subscription");
+const SUBJECT: HeaderName = HeaderName::from_static("jetway-subject");
+const STREAM: HeaderName = HeaderName::from_static("jetway-stream");
+const SEQUENCE: HeaderName = HeaderName::from_static("jetway-sequence");
+const ATTEMPT: HeaderName = HeaderName::from_static("jetway-attempt");
+const PUBLISHED_AT: HeaderName = HeaderName::from_static("jetway-published-at");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+/// Headers jetway sets on every request, plus room for some of the app's.
+const HEADER_CAPACITY: usize = 24;
+
+fn insert(headers: &mut hyper::HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), v);
+        headers.insert(name, v);
     }
 }
 
@@ -111,6 +129,7 @@ pub fn build(
     *request.method_mut() = Method::POST;
     *request.uri_mut() = target.endpoint.clone();
     let headers = request.headers_mut();
+    headers.reserve(HEADER_CAPACITY);
 
     for (name, values) in env.headers.iter() {
         let name_str: &str = name.as_ref();
@@ -131,25 +150,25 @@ pub fn build(
         .get("traceparent")
         .and_then(|p| child_traceparent(p.as_str(), span))
     {
-        insert(headers, "traceparent", &tp);
+        insert(headers, TRACEPARENT, &tp);
     }
     let key = env.idempotency_key();
-    insert(headers, "jetway-subscription", target.subscription);
-    insert(headers, "jetway-subject", &env.subject);
-    insert(headers, "jetway-stream", &env.stream);
-    insert(headers, "jetway-sequence", &env.sequence.to_string());
-    insert(headers, "jetway-attempt", &env.attempt.to_string());
+    insert(headers, SUBSCRIPTION, target.subscription);
+    insert(headers, SUBJECT, &env.subject);
+    insert(headers, STREAM, &env.stream);
+    headers.insert(SEQUENCE, HeaderValue::from(env.sequence));
+    headers.insert(ATTEMPT, HeaderValue::from(env.attempt));
     if let Ok(published) = env.published.format(&Rfc3339) {
-        insert(headers, "jetway-published-at", &published);
+        insert(headers, PUBLISHED_AT, &published);
     }
-    insert(headers, "idempotency-key", &key);
+    insert(headers, IDEMPOTENCY_KEY, &key);
     if let Some(secret) = target.signing_secret {
         let ts = now.unix_timestamp();
-        insert(headers, "webhook-id", &key);
-        insert(headers, "webhook-timestamp", &ts.to_string());
+        insert(headers, WEBHOOK_ID, &key);
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
         insert(
             headers,
-            "webhook-signature",
+            WEBHOOK_SIGNATURE,
             &sign(secret, &key, ts, &env.payload),
         );
     }
