@@ -37,6 +37,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("too many publishes in flight; retry shortly")]
     Overloaded,
+    #[error("request bodies in memory stayed at jetway's limit of {0} bytes (16 x api.max_body) for nats.request_timeout; nothing was read or stored; retry shortly")]
+    BodiesOverloaded(usize),
     #[error("{0}")]
     NatsUnavailable(String),
     #[error("jetway is shutting down; nothing was stored")]
@@ -65,7 +67,7 @@ impl ApiError {
             ApiError::NoStream(_) => "no_stream",
             ApiError::Conflict { .. } => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::Overloaded => "overloaded",
+            ApiError::Overloaded | ApiError::BodiesOverloaded(_) => "overloaded",
             ApiError::NatsUnavailable(_) => "nats_unavailable",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Timeout(_) => "timeout",
@@ -87,7 +89,7 @@ impl ApiError {
             ApiError::NoStream(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded | ApiError::BodiesOverloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NatsUnavailable(_) | ApiError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -112,7 +114,7 @@ impl ApiError {
             ApiError::NoStream(_) => "no_stream",
             ApiError::Conflict { .. } => "conflict",
             ApiError::PayloadTooLarge(_) => "too_large",
-            ApiError::Overloaded => "overloaded",
+            ApiError::Overloaded | ApiError::BodiesOverloaded(_) => "overloaded",
             ApiError::NatsUnavailable(_) | ApiError::ShuttingDown | ApiError::Internal => {
                 "unavailable"
             }
@@ -231,6 +233,16 @@ mod tests {
             assert_eq!(err.publish_outcome(), outcome);
             assert!(codes.insert(code), "duplicate code {code}");
         }
+        // Two causes of the same answer: both shed load.
+        let bodies = ApiError::BodiesOverloaded(1);
+        assert_eq!(
+            (
+                bodies.status().as_u16(),
+                bodies.code(),
+                bodies.publish_outcome()
+            ),
+            (429, "overloaded", "overloaded")
+        );
     }
 
     #[test]

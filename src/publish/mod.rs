@@ -74,6 +74,10 @@ pub struct Publisher {
     max_body: usize,
     max_in_flight: usize,
     in_flight: Arc<Semaphore>,
+    /// Request bodies (and what is parsed from them) held in memory, in
+    /// KiB, until their requests are answered.
+    bodies: Arc<Semaphore>,
+    bodies_kib: u32,
     metrics: Metrics,
     health: Arc<Health>,
 }
@@ -95,6 +99,8 @@ impl Publisher {
             max_body: config.api.max_body,
             max_in_flight: config.api.max_in_flight,
             in_flight: Arc::new(Semaphore::new(config.api.max_in_flight)),
+            bodies: Arc::new(Semaphore::new(body_budget_kib(config.api.max_body) as usize)),
+            bodies_kib: body_budget_kib(config.api.max_body),
             metrics,
             health,
         }
@@ -473,36 +479,112 @@ impl Publisher {
 const LINGER_BYTES: usize = 16 << 20;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 
-/// Reads a request body up to `limit` bytes; a larger one (declared or
-/// streamed, e.g. chunked) is refused as soon as it crosses the limit.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::PayloadTooLarge(format!("body is larger than {limit} bytes"));
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
+/// Bytes of request bodies in memory at once: one batch of the largest
+/// size, or many smaller requests. Beyond it a request waits, unread (TCP
+/// pushes back on its client), up to `nats.request_timeout`, then gets a
+/// 429. Without it 64 connections of 16 MiB batches would need 1 GiB.
+pub fn body_budget(max_body: usize) -> usize {
+    max_body.saturating_mul(BATCH_BODY_FACTOR)
+}
+
+fn body_budget_kib(max_body: usize) -> u32 {
+    u32::try_from(kib(body_budget(max_body))).unwrap_or(u32::MAX >> 3)
+}
+
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024).max(1)
+}
+
+/// What is reserved for a body of unknown length before its first bytes.
+const FIRST_RESERVE: usize = 64 * 1024;
+
+impl Publisher {
+    /// Reserves `kib` more KiB of request bodies, waiting until `until` at
+    /// most. Never more than the whole budget, which could never be had.
+    async fn reserve(
+        &self,
+        kib: usize,
+        until: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        let n = u32::try_from(kib).unwrap_or(u32::MAX).min(self.bodies_kib);
+        if let Ok(permit) = self.bodies.clone().try_acquire_many_owned(n) {
+            return Ok(permit);
+        }
+        match tokio::time::timeout_at(until, self.bodies.clone().acquire_many_owned(n)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError::BodiesOverloaded(body_budget(self.max_body))),
+        }
+    }
+
+    /// Reads a request body up to `limit` bytes; a larger one (declared or
+    /// streamed, e.g. chunked) is refused as soon as it crosses the limit.
+    /// The permit holds the body's room in the budget: keep it until the
+    /// request is answered.
+    pub async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        limit: usize,
+    ) -> Result<(Bytes, OwnedSemaphorePermit), ApiError> {
+        let too_large = || ApiError::PayloadTooLarge(format!("body is larger than {limit} bytes"));
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
             if !expects_continue(headers) {
                 linger(body);
             }
             return Err(too_large());
         }
-    }
-    let mut body = body;
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                linger(body);
-                return Err(too_large());
+        let until = tokio::time::Instant::now() + self.request_timeout;
+        let budget = self.bodies_kib as usize;
+        let first = declared.map_or(FIRST_RESERVE.min(limit), |len| len as usize);
+        let mut reserved = kib(first).min(budget);
+        let mut permit = match self.reserve(reserved, until).await {
+            Ok(permit) => permit,
+            Err(e) => {
+                if !expects_continue(headers) {
+                    linger(body);
+                }
+                return Err(e);
             }
-            buf.extend_from_slice(&data);
+        };
+        let mut body = body;
+        let mut buf = bytes::BytesMut::with_capacity(declared.map_or(0, |len| len as usize));
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
+            if let Ok(data) = frame.into_data() {
+                let len = buf.len() + data.len();
+                if len > limit {
+                    linger(body);
+                    return Err(too_large());
+                }
+                let needed = kib(len);
+                if needed > reserved {
+                    // Streamed without a length: room grows in doublings,
+                    // within the budget (`limit` is never above it).
+                    let more = (needed - reserved)
+                        .max(reserved)
+                        .min(budget.saturating_sub(reserved))
+                        .max(needed - reserved);
+                    match self.reserve(more, until).await {
+                        Ok(extra) => {
+                            reserved += more;
+                            permit.merge(extra);
+                        }
+                        Err(e) => {
+                            linger(body);
+                            return Err(e);
+                        }
+                    }
+                }
+                buf.extend_from_slice(&data);
+            }
         }
+        Ok((buf.freeze(), permit))
     }
-    Ok(buf.freeze())
 }
 
 /// A client waiting for `100 Continue` sends no body once refused.
@@ -543,12 +625,14 @@ pub async fn publish_one(
     let admitted = async {
         let permit = publisher.admit(1)?;
         publisher.check_subject(&subject)?;
-        let payload = read_body(&headers, body, publisher.max_body).await?;
+        let (payload, room) = publisher
+            .read_body(&headers, body, publisher.max_body)
+            .await?;
         let msg = publisher.prepare(subject.clone(), &headers, payload)?;
-        Ok::<_, ApiError>((permit, msg))
+        Ok::<_, ApiError>((permit, room, msg))
     }
     .await;
-    let (_permit, msg) = match admitted {
+    let (_permit, _room, msg) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => {
             publisher.record(&subject, &Err(e.clone()), None);
@@ -582,10 +666,11 @@ pub async fn publish_batch(
             return Err(ApiError::ShuttingDown);
         }
         let limit = publisher.max_body.saturating_mul(BATCH_BODY_FACTOR);
-        let body = read_body(&headers, body, limit).await?;
+        let (body, _room) = publisher.read_body(&headers, body, limit).await?;
         let items = batch::parse(&body, ndjson)?;
-        // The items hold their own payloads: free the request body now
-        // rather than for as long as the PubAcks take.
+        // The items hold their own payloads (the room reserved for the body
+        // stands for them): free the request body now rather than for as
+        // long as the PubAcks take.
         drop(body);
         let _permit = publisher.admit(items.len())?;
         publisher.publish_batch(items).await
