@@ -37,7 +37,7 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("too many publishes in flight; retry shortly")]
     Overloaded,
-    #[error("request bodies in memory stayed at jetway's limit of {0} bytes (16 x api.max_body) for nats.request_timeout; nothing was read or stored; retry shortly")]
+    #[error("request bodies in memory stayed at jetway's limit of {0} bytes (8 x api.max_body) for nats.request_timeout; nothing was read or stored; retry shortly")]
     BodiesOverloaded(usize),
     #[error("{0}")]
     NatsUnavailable(String),

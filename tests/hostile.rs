@@ -817,8 +817,8 @@ fn peak_rss_kib() -> u64 {
 async fn bodies_beyond_the_memory_budget_wait_then_get_429() {
     let _shared = MEMORY.read().await;
     let (_nats, sidecar) = start().await;
-    // The budget is 16 x max_body = 1 MiB: one batch of that size holds
-    // all of it while its body arrives.
+    // The budget is 8 x max_body = 512 KiB: a batch of 16 x max_body (the
+    // largest) takes all of it while its body arrives.
     let mut body = big_batch(15, 48 * 1024).to_vec();
     // Padded (JSON allows trailing blanks) to the whole budget.
     body.pop();
@@ -921,5 +921,26 @@ async fn concurrent_large_batches_share_a_bounded_memory_budget() {
         grown < 16 * 1024,
         "peak RSS grew by {grown} KiB for {CLIENTS} concurrent 1 MiB batches"
     );
+    publish_ok(&sidecar).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_batch_larger_than_the_budget_is_served_alone() {
+    let _shared = MEMORY.read().await;
+    let (_nats, sidecar) = start().await;
+    // No length up front: room is taken as the chunks arrive, past the
+    // 512 KiB budget up to the batch limit.
+    let body = big_batch(15, 48 * 1024);
+    assert!(body.len() > 8 * MAX_BODY && body.len() <= 16 * MAX_BODY);
+    let mut request = b"POST /v1/publish HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for chunk in body.chunks(10_000) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(&sidecar, &request).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["results"].as_array().map(Vec::len), Some(15));
     publish_ok(&sidecar).await;
 }

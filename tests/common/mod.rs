@@ -249,7 +249,7 @@ impl Sidecar {
             .body(body)
             .send()
             .await
-            .expect("publish request")
+            .unwrap_or_else(|e| panic!("publish request: {e:?}"))
     }
 
     /// Graceful shutdown, as on SIGTERM; waits until `run` returned.
