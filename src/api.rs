@@ -1,18 +1,24 @@
 //! The HTTP stacks: the `/v1` API on `api.listen` and the health and metrics
 //! routes on `metrics.listen`, each built in one function.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRef, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use futures::FutureExt;
 use http_body_util::BodyExt;
 use subtle::ConstantTimeEq;
+use tower::ServiceExt;
 
 use crate::admin;
 use crate::config::Secret;
@@ -89,19 +95,60 @@ struct Auth {
     publisher: Arc<Publisher>,
 }
 
-/// `Authorization: Bearer <api.token>`, compared in constant time (only the
-/// length of a wrong token can be timed, never how much of it was right).
-async fn require_token(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
-    if let Some(token) = &auth.token {
+impl Auth {
+    /// `Authorization: Bearer <api.token>`, compared in constant time (only
+    /// the length of a wrong token can be timed, never how much of it was
+    /// right). The 401 when it does not hold.
+    fn refuse(&self, request: &Request) -> Option<Response> {
+        let token = self.token.as_ref()?;
         let given = bearer(request.headers());
-        if !bool::from(given.ct_eq(token.expose().as_bytes())) {
-            if request.uri().path().starts_with("/v1/publish") {
-                auth.publisher.record_refused(&ApiError::Unauthorized);
-            }
-            return ApiError::Unauthorized.into_response();
+        if bool::from(given.ct_eq(token.expose().as_bytes())) {
+            return None;
         }
+        if request.uri().path().starts_with("/v1/publish") {
+            self.publisher.record_refused(&ApiError::Unauthorized);
+        }
+        Some(ApiError::Unauthorized.into_response())
     }
-    next.run(request).await
+}
+
+/// The `/v1` API as one service: the token check (outside routing, so
+/// unknown paths need the token too and reveal nothing), the router, JSON
+/// bodies for the errors axum's extractors answer in plain text, and a
+/// guard that turns a panic into a 500 JSON answer instead of a dropped
+/// connection. Written out rather than as `from_fn` layers: each of those
+/// boxes and clones the inner service on every request.
+#[derive(Clone)]
+pub struct Api {
+    router: Router,
+    auth: Arc<Auth>,
+}
+
+impl tower::Service<Request> for Api {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let (router, auth) = (self.router.clone(), self.auth.clone());
+        Box::pin(async move {
+            if let Some(refused) = auth.refuse(&request) {
+                return Ok(refused);
+            }
+            let handled = AssertUnwindSafe(router.oneshot(request))
+                .catch_unwind()
+                .await;
+            Ok(match handled {
+                Ok(Ok(response)) => json_errors(response).await,
+                Ok(Err(never)) => match never {},
+                Err(_) => ApiError::Internal.into_response(),
+            })
+        })
+    }
 }
 
 /// `POST /v1/publish/{subject}`, with a subject that does not even decode
@@ -126,8 +173,7 @@ async fn publish_one(
 /// axum's own extractors answer in plain text (a path parameter that is
 /// not UTF-8 or not a number, a bad query string); every error of the API
 /// has the JSON body of SPEC section 3, so those are rewritten here.
-async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -171,14 +217,14 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// The `/v1` API.
-pub fn router(state: ApiState) -> Router {
+pub fn router(state: ApiState) -> Api {
     // Shared behind one Arc each: axum clones a router's state for every
     // request.
     let auth = Arc::new(Auth {
         token: state.token.clone(),
         publisher: state.publisher.clone(),
     });
-    Router::new()
+    let router = Router::new()
         .route("/v1/publish", post(publish::publish_batch))
         .route("/v1/publish/{*subject}", post(publish_one))
         .route("/v1/openapi.json", get(openapi_json))
@@ -204,17 +250,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subjects/{subject}/last", get(admin::last_message))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .with_state(Shared(Arc::new(state)))
-        // Around every handler, so whatever an extractor refuses still gets
-        // the JSON error body.
-        .layer(middleware::from_fn(json_errors))
-        // Outside routing, so unknown /v1 paths need the token too and
-        // reveal nothing; inside the panic guard below.
-        .layer(middleware::from_fn_with_state(auth, require_token))
-        // Outermost: a bug answers 500 JSON instead of dropping the connection.
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            ApiError::Internal.into_response()
-        }))
+        .with_state(Shared(Arc::new(state)));
+    Api { router, auth }
 }
 
 #[derive(Clone)]

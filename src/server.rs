@@ -17,12 +17,13 @@
 //! Bodies are limited where they are read (`publish::read_body`), as they
 //! stream, so a large one is refused without being buffered.
 
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::Router;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -79,13 +80,16 @@ impl Default for Limits {
 
 /// Serves `router` on `listener` until `stop` is cancelled, then lets open
 /// requests finish for up to `grace`.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    router: S,
     limits: Limits,
     stop: CancellationToken,
     grace: Duration,
-) {
+) where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
