@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRef, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -157,11 +156,12 @@ impl tower::Service<Request> for Api {
 async fn publish_one(
     State(publisher): State<Arc<Publisher>>,
     subject: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    // The request whole, not the `HeaderMap` extractor: that one clones.
+    let (parts, body) = request.into_parts();
     match subject {
-        Ok(subject) => publish::publish_one(State(publisher), subject, headers, body).await,
+        Ok(subject) => publish::publish_one(State(publisher), subject, parts.headers, body).await,
         Err(_) => {
             let err = ApiError::SubjectInvalid(SubjectError::BadCharacter);
             publisher.record_refused(&err);

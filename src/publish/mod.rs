@@ -656,9 +656,11 @@ struct BatchAnswer {
 /// `POST /v1/publish`: a batch.
 pub async fn publish_batch(
     State(publisher): State<Arc<Publisher>>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
+    // The request whole, not the `HeaderMap` extractor: that one clones.
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let result = async {
         let ndjson = batch::is_ndjson(
             headers
