@@ -1350,6 +1350,47 @@ async fn slow_endpoint_beyond_ack_wait_is_not_redelivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_held_for_a_slot_beyond_ack_wait_are_not_redelivered() {
+    let nats = Nats::start();
+    let endpoint = Endpoint::start(|_, _| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        status(StatusCode::OK)
+    })
+    .await;
+    // Concurrency 1 and timeout 4s: ack wait 2s. The look-ahead takes all
+    // four at once; the last waits 4.5 s for the one slot, kept alive by
+    // in-progress acks, so JetStream never hands it out a second time.
+    let yaml = config_yaml(
+        &nats,
+        &subscriptions(&[sub(
+            "s1",
+            "orders.>",
+            &endpoint.url("/e"),
+            "concurrency: 1, timeout: 4s",
+        )]),
+    );
+    let sidecar = Sidecar::start(&yaml).await;
+    let api = Api::of(&sidecar);
+    api.publish_many("orders.created", 4).await;
+    wait_metric(
+        &sidecar,
+        "jetway_deliveries_total",
+        &[("subscription", "s1"), ("outcome", "success")],
+        4.0,
+    )
+    .await;
+    api.wait_drained("s1").await;
+    let by_key = endpoint.by_key();
+    assert_eq!(by_key.len(), 4);
+    assert!(by_key.values().all(|n| *n == 1), "redelivered: {by_key:?}");
+    assert_eq!(endpoint.max_in_flight(), 1);
+    for a in attempts(&endpoint.received()) {
+        assert_eq!(a, 1, "a held message was delivered again");
+    }
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_work_exactly_once() {
     let nats = Nats::start();
     let endpoint = Endpoint::start(|_, _| async {

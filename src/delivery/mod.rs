@@ -139,13 +139,19 @@ pub struct Subscription {
     endpoint_up: AtomicBool,
     in_flight: AtomicI64,
     metrics: SubscriptionMetrics,
+    /// `Jetway-Subscription`, built once.
+    header: hyper::header::HeaderValue,
 }
 
 impl Subscription {
     fn new(config: SubscriptionConfig, app_id: &str, metrics: &Metrics) -> Self {
         let metrics = metrics.subscription(&config.name);
         metrics.endpoint_up.set(1.0);
+        // Names are `[a-z0-9-]+` (checked with the config): a valid value.
+        let header = hyper::header::HeaderValue::from_str(&config.name)
+            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("invalid-name"));
         Subscription {
+            header,
             metrics,
             consumer_name: format!("{app_id}-{}", config.name),
             config,
@@ -621,26 +627,33 @@ impl Delivery {
             nak(&msg, None).await;
             return;
         }
+        // One timer, inside this task (no allocation), re-armed after each
+        // in-progress ack.
         let every = ack_wait(&sub.config) / 3;
-        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let progress = tokio::time::sleep(every);
+        tokio::pin!(progress);
         // Wait for a free slot, keeping the message alive meanwhile.
-        let _slot = loop {
-            tokio::select! {
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => break slot,
-                    Err(_) => return,
-                },
-                _ = progress.tick() => {
-                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                        tracing::debug!(subscription = sub.name(), error = %e, "in-progress ack failed");
+        let _slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => loop {
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => break slot,
+                        Err(_) => return,
+                    },
+                    _ = &mut progress => {
+                        progress.as_mut().reset(tokio::time::Instant::now() + every);
+                        if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                            tracing::debug!(subscription = sub.name(), error = %e, "in-progress ack failed");
+                        }
+                    }
+                    _ = self.stop.cancelled() => {
+                        // Not tried; another replica takes it at once.
+                        nak(&msg, None).await;
+                        return;
                     }
                 }
-                _ = self.stop.cancelled() => {
-                    // Not tried; another replica takes it at once.
-                    nak(&msg, None).await;
-                    return;
-                }
-            }
+            },
         };
         if !self.deliverable(&sub) {
             // Arrived in a pull that was open when the app went down, its
@@ -655,7 +668,8 @@ impl Delivery {
             loop {
                 tokio::select! {
                     attempt = &mut call => break attempt,
-                    _ = progress.tick() => {
+                    _ = &mut progress => {
+                        progress.as_mut().reset(tokio::time::Instant::now() + every);
                         if let Err(e) = msg.ack_with(AckKind::Progress).await {
                             tracing::debug!(subscription = sub.name(), error = %e, "in-progress ack failed");
                         }
@@ -751,7 +765,7 @@ impl Delivery {
     async fn call(&self, sub: &Subscription, env: &Envelope) -> Attempt {
         let target = Target {
             endpoint: &sub.config.endpoint,
-            subscription: sub.name(),
+            subscription: &sub.header,
             signing_secret: sub.config.signing_secret.as_ref(),
             callback_token: self.app.callback_token.as_ref(),
         };

@@ -92,7 +92,8 @@ pub fn sign(secret: &SigningSecret, id: &str, timestamp: i64, body: &[u8]) -> St
 /// What a request needs beyond the message.
 pub struct Target<'a> {
     pub endpoint: &'a Uri,
-    pub subscription: &'a str,
+    /// `Jetway-Subscription`: the subscription's name.
+    pub subscription: &'a HeaderValue,
     pub signing_secret: Option<&'a SigningSecret>,
     pub callback_token: Option<&'a Secret>,
 }
@@ -153,7 +154,7 @@ pub fn build(
         insert(headers, TRACEPARENT, &tp);
     }
     let key = env.idempotency_key();
-    insert(headers, SUBSCRIPTION, target.subscription);
+    headers.insert(SUBSCRIPTION, target.subscription.clone());
     insert(headers, SUBJECT, &env.subject);
     insert(headers, STREAM, &env.stream);
     headers.insert(SEQUENCE, HeaderValue::from(env.sequence));
@@ -218,7 +219,7 @@ mod tests {
         let token = Secret::new("cb");
         let target = Target {
             endpoint: &uri,
-            subscription: "emails",
+            subscription: &HeaderValue::from_static("emails"),
             signing_secret: None,
             callback_token: Some(&token),
         };
