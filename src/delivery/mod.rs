@@ -46,7 +46,8 @@ use retry::{Action, Outcome, Reason};
 /// Messages held beyond the in-flight ones, at least: at low concurrency a
 /// look-ahead of one would cost a pull request per message.
 const MIN_LOOK_AHEAD: usize = 16;
-/// Longest wait before pulling again after a failed pull.
+/// First and longest wait before pulling again after a failed pull.
+const FIRST_FETCH_DELAY: Duration = Duration::from_millis(100);
 const MAX_FETCH_DELAY: Duration = Duration::from_secs(2);
 /// Delay of the NAK that hands back a message this sidecar cannot deliver
 /// now (app down, unhealthy, or subscription paused). Longer than a pull
@@ -525,17 +526,15 @@ impl Delivery {
         let slots = Arc::new(Semaphore::new(concurrency));
         let sizes = puller::Sizes::new(concurrency, sub.config.ordered, MIN_LOOK_AHEAD);
         let deliveries = TaskTracker::new();
-        let mut fetch_delay = Duration::from_millis(100);
+        let mut fetch_delay = FIRST_FETCH_DELAY;
         let mut puller = loop {
             match puller::Puller::new(self.js.clone(), consumer.clone(), sizes).await {
                 Ok(puller) => break puller,
                 Err(e) => {
                     tracing::warn!(subscription = sub.name(), error = %e, "cannot subscribe for pulls; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(fetch_delay) => {}
-                        _ = self.stop.cancelled() => return,
+                    if !self.back_off(&mut fetch_delay).await {
+                        return;
                     }
-                    fetch_delay = (fetch_delay * 2).min(MAX_FETCH_DELAY);
                 }
             }
         };
@@ -553,11 +552,9 @@ impl Delivery {
                 };
                 if let Err(e) = puller.request(free).await {
                     tracing::debug!(subscription = sub.name(), error = %e, "pull request failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(fetch_delay) => {}
-                        _ = self.stop.cancelled() => break,
+                    if !self.back_off(&mut fetch_delay).await {
+                        break;
                     }
-                    fetch_delay = (fetch_delay * 2).min(MAX_FETCH_DELAY);
                     continue;
                 }
             }
@@ -567,21 +564,19 @@ impl Delivery {
             };
             match pulled {
                 puller::Pulled::Message(msg, hold) => {
-                    fetch_delay = Duration::from_millis(100);
+                    fetch_delay = FIRST_FETCH_DELAY;
                     // Boxed: the task then moves a pointer, not the whole
                     // state machine, on its way into the runtime.
                     let delivery =
                         Box::pin(self.clone().deliver(sub.clone(), *msg, hold, slots.clone()));
                     deliveries.spawn(delivery);
                 }
-                puller::Pulled::Ended(None) => fetch_delay = Duration::from_millis(100),
+                puller::Pulled::Ended(None) => fetch_delay = FIRST_FETCH_DELAY,
                 puller::Pulled::Ended(Some(why)) => {
                     tracing::debug!(subscription = sub.name(), reason = %why, "pull ended early; pulling again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(fetch_delay) => {}
-                        _ = self.stop.cancelled() => break,
+                    if !self.back_off(&mut fetch_delay).await {
+                        break;
                     }
-                    fetch_delay = (fetch_delay * 2).min(MAX_FETCH_DELAY);
                 }
                 puller::Pulled::Closed => {
                     tracing::warn!(
@@ -604,6 +599,17 @@ impl Delivery {
         .await;
         deliveries.close();
         deliveries.wait().await;
+    }
+
+    /// Waits `delay` before pulling again and doubles it (up to
+    /// `MAX_FETCH_DELAY`). `false` when stopping.
+    async fn back_off(&self, delay: &mut Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(*delay) => {}
+            _ = self.stop.cancelled() => return false,
+        }
+        *delay = (*delay * 2).min(MAX_FETCH_DELAY);
+        true
     }
 
     /// One message, one attempt, one decision. `_hold` counts it as taken
