@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, message::StreamMessage};
+use async_nats::jetstream::message::StreamMessage;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::dead_letter::{self, DlqError};
 use crate::delivery::{Delivery, Subscription};
 use crate::error::ApiError;
+use crate::publish::Publisher;
 use crate::subject;
 
 fn find<'a>(delivery: &'a Delivery, name: &str) -> Result<&'a Arc<Subscription>, ApiError> {
@@ -164,9 +165,9 @@ fn message(stream: &str, m: &StreamMessage) -> Message {
     }
 }
 
-/// `GET /v1/streams/{stream}/messages/{seq}`.
+/// `GET /v1/streams/{stream}/messages/{seq}`: configured streams only.
 pub async fn get_message(
-    State(js): State<jetstream::Context>,
+    State(publisher): State<Arc<Publisher>>,
     Path((stream_name, seq)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let seq: u64 = seq
@@ -177,7 +178,13 @@ pub async fn get_message(
             "`{stream_name}` is not a stream name"
         )));
     }
-    let stream = js
+    if !publisher.is_configured_stream(&stream_name) {
+        return Err(ApiError::NotFound(format!(
+            "stream {stream_name} is not one of this sidecar's streams (its config's `streams`)"
+        )));
+    }
+    let stream = publisher
+        .jetstream()
         .get_stream_no_info(&stream_name)
         .await
         .map_err(|_| ApiError::NotFound(format!("no stream {stream_name}")))?;
@@ -188,17 +195,22 @@ pub async fn get_message(
     Ok(Json(message(&stream_name, &m)).into_response())
 }
 
-/// `GET /v1/subjects/{subject}/last`: the current state of an entity.
+/// `GET /v1/subjects/{subject}/last`: the current state of an entity, from
+/// the configured stream that captures the subject.
 pub async fn last_message(
-    State(js): State<jetstream::Context>,
+    State(publisher): State<Arc<Publisher>>,
     Path(subject_name): Path<String>,
 ) -> Result<Response, ApiError> {
     subject::validate(&subject_name)?;
-    let stream_name = js
-        .stream_by_subject(subject_name.clone())
-        .await
-        .map_err(|_| ApiError::NoStream(subject_name.clone()))?;
-    let mut stream = js
+    if subject::is_reserved(&subject_name) {
+        return Err(ApiError::SubjectReserved(subject_name));
+    }
+    let stream_name = publisher
+        .configured_stream(&subject_name)
+        .ok_or_else(|| ApiError::NoStream(subject_name.clone()))?
+        .to_string();
+    let mut stream = publisher
+        .jetstream()
         .get_stream(&stream_name)
         .await
         .map_err(|e| ApiError::NatsUnavailable(format!("stream {stream_name}: {e}")))?;

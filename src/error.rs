@@ -26,6 +26,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("subject {0} is not in publish.allow")]
     Forbidden(String),
+    #[error("subject {0} is reserved (the JetStream and system API `$...`, reply inboxes `_INBOX.>`, jetway's dead letters `jetway.>`); nothing was sent")]
+    SubjectReserved(String),
     #[error("no stream captures subject {0}")]
     NoStream(String),
     #[error("{message}")]
@@ -39,6 +41,8 @@ pub enum ApiError {
     Overloaded,
     #[error("request bodies in memory stayed at jetway's limit of {0} bytes (8 x api.max_body) for nats.request_timeout; nothing was read or stored; retry shortly")]
     BodiesOverloaded(usize),
+    #[error("{0}")]
+    BadGateway(String),
     #[error("{0}")]
     NatsUnavailable(String),
     #[error("jetway is shutting down; nothing was stored")]
@@ -64,9 +68,11 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::SubjectReserved(_) => "subject_reserved",
             ApiError::NoStream(_) => "no_stream",
             ApiError::Conflict { .. } => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Overloaded | ApiError::BodiesOverloaded(_) => "overloaded",
             ApiError::NatsUnavailable(_) => "nats_unavailable",
             ApiError::ShuttingDown => "shutting_down",
@@ -85,7 +91,8 @@ impl ApiError {
             | ApiError::BatchInvalid(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::SubjectReserved(_) => StatusCode::FORBIDDEN,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::NoStream(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -110,10 +117,12 @@ impl ApiError {
             | ApiError::NotFound(_)
             | ApiError::MethodNotAllowed => "invalid",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Forbidden(_) | ApiError::SubjectReserved(_) => "forbidden",
             ApiError::NoStream(_) => "no_stream",
             ApiError::Conflict { .. } => "conflict",
             ApiError::PayloadTooLarge(_) => "too_large",
+            // Like a 504: sent, and whether it was stored is unknown.
+            ApiError::BadGateway(_) => "timeout",
             ApiError::Overloaded | ApiError::BodiesOverloaded(_) => "overloaded",
             ApiError::NatsUnavailable(_) | ApiError::ShuttingDown | ApiError::Internal => {
                 "unavailable"
@@ -189,6 +198,18 @@ mod tests {
                 403,
                 "forbidden",
                 "forbidden",
+            ),
+            (
+                ApiError::SubjectReserved("$JS.API.INFO".into()),
+                403,
+                "subject_reserved",
+                "forbidden",
+            ),
+            (
+                ApiError::BadGateway("x".into()),
+                502,
+                "bad_gateway",
+                "timeout",
             ),
             (
                 ApiError::NoStream("a".into()),

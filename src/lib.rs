@@ -19,6 +19,7 @@ pub mod health;
 pub mod inject;
 pub mod metrics;
 pub mod nats;
+pub mod permissions;
 pub mod publish;
 pub mod server;
 pub mod shutdown;

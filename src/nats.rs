@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 
 /// Subjects of the dead-letter stream.
 pub const DLQ_SUBJECTS: &str = "jetway.dlq.>";
+/// The dead letters of app `a`, subscription `s` are `{DLQ_PREFIX}.a.s`.
+pub const DLQ_PREFIX: &str = "jetway.dlq";
 
 /// Failure to set up the NATS client (before any network I/O).
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,9 @@ pub async fn connect(
     let ever_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let options = options
         .name(format!("jetway-{app_id}"))
+        // Its own inboxes, so a least-privilege user can be kept from
+        // reading the replies of other apps' sidecars.
+        .custom_inbox_prefix(crate::permissions::inbox_prefix(app_id))
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
         .retry_on_initial_connect()

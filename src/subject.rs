@@ -65,6 +65,18 @@ pub fn validate_pattern(pattern: &str) -> Result<(), SubjectError> {
     check_tokens(pattern, true)
 }
 
+/// Subjects no app may publish to, whatever `publish.allow` says (SPEC 3):
+/// a first token starting with `$` (the JetStream API, KV buckets, object
+/// stores, system subjects), reply inboxes and jetway's own dead letters.
+/// Any of them would let an app reach past its own events: delete another
+/// team's stream through `$JS.API.STREAM.DELETE.*`, forge dead letters that
+/// are replayed with another app's callback token, answer another client's
+/// request.
+pub fn is_reserved(subject: &str) -> bool {
+    let first = subject.split('.').next().unwrap_or_default();
+    first.starts_with('$') || first == "_INBOX" || (first == "jetway" && subject.len() > 6)
+}
+
 /// Whether a concrete `subject` falls under `pattern`.
 pub fn matches(pattern: &str, subject: &str) -> bool {
     let mut pattern_tokens = pattern.split('.');
@@ -123,6 +135,31 @@ mod tests {
         }
         assert_eq!(validate(&"a".repeat(255)), Ok(()));
         assert_eq!(validate(&"a".repeat(256)), Err(SubjectError::TooLong));
+    }
+
+    #[test]
+    fn reserved_subjects() {
+        let table = [
+            ("$JS.API.STREAM.DELETE.ORDERS", true),
+            ("$KV.JETWAY_SCHEMAS.order.created", true),
+            ("$O.bucket.x", true),
+            ("$SYS.REQ.SERVER.PING", true),
+            ("$G", true),
+            ("$anything.else", true),
+            ("_INBOX.abc.def", true),
+            ("_INBOX", true),
+            ("jetway.dlq.victim.hook", true),
+            ("jetway.anything", true),
+            ("jetway", false),
+            ("jetways.dlq", false),
+            ("orders.$JS", false),
+            ("orders._INBOX", false),
+            ("_INBOXES.x", false),
+            ("orders.created", false),
+        ];
+        for (subject, want) in table {
+            assert_eq!(is_reserved(subject), want, "{subject}");
+        }
     }
 
     #[test]

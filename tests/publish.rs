@@ -1128,7 +1128,8 @@ struct Unready {
 }
 
 async fn start_unready(yaml: &str) -> Unready {
-    let config = jetway::Config::from_yaml(yaml, Vec::new()).expect("valid test config");
+    let config = jetway::Config::from_yaml(yaml, common::least_privilege_env(yaml))
+        .expect("valid test config");
     let api = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

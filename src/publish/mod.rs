@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod headers;
+pub mod streams;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, PublishConfig, StreamConfig};
+use crate::config::{Config, PublishConfig};
 use crate::error::ApiError;
 use crate::health::Health;
 use crate::metrics::{Metrics, UNKNOWN_STREAM};
@@ -69,7 +70,7 @@ pub struct Publisher {
     js: jetstream::Context,
     client: Client,
     config: PublishConfig,
-    streams: Vec<StreamConfig>,
+    streams: streams::Streams,
     request_timeout: Duration,
     max_body: usize,
     max_in_flight: usize,
@@ -91,10 +92,10 @@ impl Publisher {
         health: Arc<Health>,
     ) -> Publisher {
         Publisher {
+            streams: streams::Streams::new(config.streams.clone(), js.clone()),
             js,
             client,
             config: config.publish.clone(),
-            streams: config.streams.clone(),
             request_timeout: config.nats.request_timeout,
             max_body: config.api.max_body,
             max_in_flight: config.api.max_in_flight,
@@ -106,13 +107,25 @@ impl Publisher {
         }
     }
 
+    /// The configured stream that captures `subject`: the only streams the
+    /// read routes show (never another team's, never the dead letters).
+    pub fn configured_stream(&self, subject: &str) -> Option<&str> {
+        self.streams.configured(subject)
+    }
+
+    /// Whether `name` is one of the configured streams.
+    pub fn is_configured_stream(&self, name: &str) -> bool {
+        self.streams.names().any(|n| n == name)
+    }
+
+    /// The JetStream context the reads go through.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     /// The stream label for a subject: the configured stream capturing it.
     fn stream_label(&self, subject: &str) -> &str {
-        self.streams
-            .iter()
-            .find(|s| s.subjects.iter().any(|p| subject::matches(p, subject)))
-            .map(|s| s.name.as_str())
-            .unwrap_or(UNKNOWN_STREAM)
+        self.streams.configured(subject).unwrap_or(UNKNOWN_STREAM)
     }
 
     fn record(&self, subject: &str, result: &Result<Stored, ApiError>, started: Option<Instant>) {
@@ -160,9 +173,12 @@ impl Publisher {
         let _ = self.in_flight.acquire_many(all).await;
     }
 
-    /// Subject rules and `publish.allow`.
+    /// Subject rules, reserved subjects and `publish.allow`.
     pub fn check_subject(&self, subject: &str) -> Result<(), ApiError> {
         subject::validate(subject)?;
+        if subject::is_reserved(subject) {
+            return Err(ApiError::SubjectReserved(subject.to_string()));
+        }
         if let Some(allow) = &self.config.allow {
             if !allow.iter().any(|p| subject::matches(p, subject)) {
                 return Err(ApiError::Forbidden(subject.to_string()));
@@ -306,7 +322,19 @@ impl Publisher {
                     ))
                 }
             }
-            PublishErrorKind::StreamNotFound => ApiError::NoStream(msg.subject.clone()),
+            // A stream found on the server earlier stopped answering
+            // (deleted, or its subjects changed): ask again next time.
+            PublishErrorKind::StreamNotFound => {
+                self.streams.forget(&msg.subject);
+                if maybe_stored {
+                    ApiError::Timeout(self.request_timeout)
+                } else {
+                    ApiError::NatsUnavailable(format!(
+                        "no stream answered for {}; nothing was stored",
+                        msg.subject
+                    ))
+                }
+            }
             PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId => {
                 ApiError::Conflict {
                     message: "an expected-sequence header did not hold".into(),
@@ -320,15 +348,24 @@ impl Publisher {
                 "message is larger than the NATS server's max_payload".into(),
             ),
             _ => {
-                let code = std::error::Error::source(&err)
+                let Some(code) = std::error::Error::source(&err)
                     .and_then(|s| s.downcast_ref::<jetstream::Error>())
-                    .map(|e| e.error_code());
+                    .map(|e| e.error_code())
+                else {
+                    // Not a PubAck nor a JetStream error: something else
+                    // answered on the subject. Whether a stream stored the
+                    // message too is unknown, so never 503.
+                    return ApiError::BadGateway(format!(
+                        "the answer to the publish on {} was not a JetStream PubAck: the outcome is unknown",
+                        msg.subject
+                    ));
+                };
                 match code {
-                    Some(jetstream::ErrorCode::STREAM_NOT_MATCH) => ApiError::Conflict {
+                    jetstream::ErrorCode::STREAM_NOT_MATCH => ApiError::Conflict {
                         message: "Jetway-Expected-Stream does not match the stream that captures the subject".into(),
                         last_sequence: None,
                     },
-                    Some(jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) => {
+                    jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => {
                         ApiError::PayloadTooLarge("message is larger than the stream allows".into())
                     }
                     _ => ApiError::NatsUnavailable(format!("JetStream refused the message: {err}")),
@@ -366,6 +403,7 @@ impl Publisher {
         let started = Instant::now();
         let result = async {
             self.ensure_connected()?;
+            self.streams.capture(&msg.subject).await?;
             let ack = self.send(&msg).await?;
             self.confirm(&msg, ack, started + self.request_timeout)
                 .await
@@ -452,8 +490,11 @@ impl Publisher {
         let mut pending = Vec::with_capacity(prepared.len());
         for (subject, item) in prepared {
             let sent = match item {
-                Ok(msg) => match self.send(&msg).await {
-                    Ok(ack) => Ok((msg, ack)),
+                Ok(msg) => match self.streams.capture(&msg.subject).await {
+                    Ok(()) => match self.send(&msg).await {
+                        Ok(ack) => Ok((msg, ack)),
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
