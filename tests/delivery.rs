@@ -1691,7 +1691,37 @@ async fn pause_and_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_stored_messages_by_sequence_and_last_by_subject() {
     let nats = Nats::start();
-    let yaml = config_yaml(&nats, "publish: { forward_headers: [\"x-tenant\"] }\n");
+    // Streams made outside jetway: one without direct get that the config
+    // names (jetway uses it as it is), one of another team that it does not.
+    let js = nats.client().await;
+    for (name, subject) in [("LEGACY", "legacy.>"), ("OTHER", "other.>")] {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            allow_direct: false,
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    }
+    for (subject, body) in [
+        ("legacy.a", "old"),
+        ("legacy.a", "new"),
+        ("other.a", "secret"),
+    ] {
+        js.publish(subject, body.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let yaml = format!(
+        "app_id: test\n\
+         nats: {{ url: \"{}\", request_timeout: 2s }}\n\
+         streams:\n  - {{ name: ORDERS, subjects: [\"orders.>\"] }}\n  - {{ name: LEGACY, subjects: [\"legacy.>\"] }}\n\
+         publish: {{ forward_headers: [\"x-tenant\"] }}\n",
+        nats.url()
+    );
     let sidecar = Sidecar::start(&yaml).await;
     let api = Api::of(&sidecar);
     let s1 = api
@@ -1731,23 +1761,7 @@ async fn reads_stored_messages_by_sequence_and_last_by_subject() {
     assert_eq!(last["subject"], "orders.item.7");
     assert_eq!(last["data_base64"], B64.encode(r#"{"v":2}"#));
 
-    // A stream made outside jetway, without direct get.
-    let js = nats.client().await;
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "LEGACY".into(),
-        subjects: vec!["legacy.>".into()],
-        allow_direct: false,
-        ..Default::default()
-    })
-    .await
-    .expect("create LEGACY");
-    for body in ["old", "new"] {
-        js.publish("legacy.a", body.into())
-            .await
-            .expect("publish")
-            .await
-            .expect("ack");
-    }
+    // The stream made outside jetway, without direct get.
     let (code, last) = api.get("/v1/subjects/legacy.a/last").await;
     assert_eq!(code, 200, "{last}");
     assert_eq!(last["stream"], "LEGACY");
@@ -1763,6 +1777,13 @@ async fn reads_stored_messages_by_sequence_and_last_by_subject() {
         ("/v1/streams/ORDERS/messages/x", "bad_request"),
         ("/v1/subjects/orders.item.9/last", "not_found"),
         ("/v1/subjects/billing.x/last", "no_stream"),
+        // Another team's stream, and the dead letters of every app: not
+        // this sidecar's to show.
+        ("/v1/streams/OTHER/messages/1", "not_found"),
+        ("/v1/subjects/other.a/last", "no_stream"),
+        ("/v1/streams/JETWAY_DLQ/messages/1", "not_found"),
+        ("/v1/subjects/jetway.dlq.test.s1/last", "subject_reserved"),
+        ("/v1/subjects/$JS.API.INFO/last", "subject_reserved"),
     ] {
         let (code, answer) = api.get(path).await;
         assert_eq!(answer["error"]["code"], want, "{path}: {code} {answer}");
