@@ -12,8 +12,19 @@
 //! The documents are handled as generic YAML values, never as typed
 //! Kubernetes objects, so fields this module does not know (newer API
 //! fields, CRD content) pass through untouched. Injection is idempotent: a
-//! pod spec that already has a container named `jetway` is left as it is.
-//! Comments and formatting of the input are not preserved.
+//! pod spec that already has a container named `jetway` gets no second one.
+//! Only its probes may change: when they are jetway's (an HTTP probe on the
+//! `jetway-metrics` port), they are rewritten to the current ones, so a
+//! manifest injected by an older jetway (readiness on `/readyz`) is brought
+//! up to date. Comments and formatting of the input are not preserved.
+//!
+//! The probes follow SPEC section 7: `/readyz` is the startup probe only
+//! (the app starts once jetway can publish), `/healthz` carries readiness
+//! and liveness. `/readyz` is 503 while NATS is unreachable, and a native
+//! sidecar's readiness counts towards the pod's: as a readiness probe it
+//! would take every pod of every app out of its Services during a NATS
+//! outage, while publishes already answer 503 with `Retry-After` and
+//! deliveries simply wait.
 
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
@@ -192,8 +203,11 @@ fn inject_resource(
         return Ok(());
     }
     // Idempotence: a jetway container in either list means "already done",
-    // whichever mode added it.
+    // whichever mode added it; only its probes are brought up to date.
     if template.get("spec").is_some_and(has_sidecar) {
+        if let Some(spec) = lookup_mut(resource, template_path).and_then(|t| t.get_mut("spec")) {
+            update_probes(spec);
+        }
         return Ok(());
     }
     if opts.legacy && (kind == "Job" || kind == "CronJob") {
@@ -272,6 +286,44 @@ fn has_sidecar(spec: &Value) -> bool {
                     .iter()
                     .any(|c| c.get("name").and_then(Value::as_str) == Some(CONTAINER_NAME))
             })
+    })
+}
+
+/// Rewrites the probes of the `jetway` containers of a pod spec to the
+/// current ones ([`probes`]), when they are jetway's: at least one of them is
+/// an HTTP probe on the `jetway-metrics` port, as every jetway so far wrote
+/// them. A container without such a probe was written by hand some other
+/// way and is left as it is.
+fn update_probes(spec: &mut Value) {
+    for list in ["initContainers", "containers"] {
+        let Some(items) = spec.get_mut(list).and_then(Value::as_sequence_mut) else {
+            continue;
+        };
+        for container in items.iter_mut() {
+            if container.get("name").and_then(Value::as_str) != Some(CONTAINER_NAME)
+                || !has_jetway_probe(container)
+            {
+                continue;
+            }
+            if let Some(map) = container.as_mapping_mut() {
+                // An existing key keeps its place; a missing probe is added.
+                for (key, probe) in probes() {
+                    map.insert(Value::from(key), probe);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a container has a probe that jetway wrote.
+fn has_jetway_probe(container: &Value) -> bool {
+    PROBE_KEYS.iter().any(|key| {
+        container
+            .get(*key)
+            .and_then(|p| p.get("httpGet"))
+            .and_then(|h| h.get("port"))
+            .and_then(Value::as_str)
+            == Some(METRICS_PORT)
     })
 }
 
@@ -421,21 +473,49 @@ fn credentials_volume(secret: &str) -> Value {
     ])
 }
 
-/// The sidecar container. The same container is written out by hand in
-/// `deploy/kubernetes/deployment.yaml` and `helm/jetway/templates/_helpers.tpl`;
-/// `tests/deploy.rs` checks that they agree.
-fn sidecar_container(image: &str, credentials: bool, native: bool) -> Value {
+/// Name of the sidecar's port for `/metrics`, `/healthz` and `/readyz`.
+const METRICS_PORT: &str = "jetway-metrics";
+
+/// The container fields holding the probes, in the order [`probes`] gives them.
+const PROBE_KEYS: [&str; 3] = ["startupProbe", "readinessProbe", "livenessProbe"];
+
+/// The sidecar's probes, keyed by container field (SPEC section 7).
+///
+/// - startup, `/readyz` every 2 s, up to 150 failures: a slow NATS (a
+///   cluster still electing its leaders, DNS not there yet) gets 5 minutes
+///   before the kubelet restarts the sidecar. A native sidecar's startup
+///   probe holds the app containers back until it passes, so the app starts
+///   once jetway can publish.
+/// - readiness, `/healthz`: 200 while the process serves, NATS or not. A
+///   native sidecar's readiness counts towards the pod's, and `/readyz` here
+///   would take every pod of every app out of its Services during a NATS
+///   outage; meanwhile publishes answer 503 `nats_unavailable` with
+///   `Retry-After` and deliveries wait. The outage is alerted on
+///   (`JetwayNatsDisconnected`) instead.
+/// - liveness, `/healthz`: restarts a sidecar whose process stopped serving.
+fn probes() -> [(&'static str, Value); 3] {
     let http_probe = |path: &str, period: u64, failures: u64| {
         yaml(&[
             (
                 "httpGet",
-                yaml(&[("path", path.into()), ("port", "jetway-metrics".into())]),
+                yaml(&[("path", path.into()), ("port", METRICS_PORT.into())]),
             ),
             ("periodSeconds", period.into()),
             ("timeoutSeconds", 2u64.into()),
             ("failureThreshold", failures.into()),
         ])
     };
+    [
+        (PROBE_KEYS[0], http_probe("/readyz", 2, 150)),
+        (PROBE_KEYS[1], http_probe("/healthz", 5, 3)),
+        (PROBE_KEYS[2], http_probe("/healthz", 10, 3)),
+    ]
+}
+
+/// The sidecar container. The same container is written out by hand in
+/// `deploy/kubernetes/deployment.yaml` and `helm/jetway/templates/_helpers.tpl`;
+/// `tests/deploy.rs` checks that they agree.
+fn sidecar_container(image: &str, credentials: bool, native: bool) -> Value {
     let port = |name: &str, number: u64| {
         yaml(&[
             ("name", name.into()),
@@ -476,13 +556,11 @@ fn sidecar_container(image: &str, credentials: bool, native: bool) -> Value {
         ),
         (
             "ports",
-            Value::Sequence(vec![port("jetway-api", 4480), port("jetway-metrics", 4481)]),
+            Value::Sequence(vec![port("jetway-api", 4480), port(METRICS_PORT, 4481)]),
         ),
-        // Up to two minutes to reach NATS and set up streams and consumers;
-        // a native sidecar's startup probe holds the app containers back.
-        ("startupProbe", http_probe("/readyz", 2, 60)),
-        ("readinessProbe", http_probe("/readyz", 5, 2)),
-        ("livenessProbe", http_probe("/healthz", 10, 3)),
+    ]);
+    fields.extend(probes());
+    fields.extend([
         (
             "resources",
             yaml(&[
@@ -555,6 +633,52 @@ mod tests {
         )
         .expect("injects");
         assert!(out.contains(DEFAULT_IMAGE));
+    }
+
+    /// The sidecar as an older jetway wrote it: readiness on `/readyz`.
+    const OLD_SIDECAR: &str = "kind: Pod\nmetadata:\n  annotations: {jetway.io/inject: enabled, jetway.io/config: c}\nspec:\n  containers: [{name: app}]\n  initContainers:\n  - name: jetway\n    restartPolicy: Always\n    startupProbe: {httpGet: {path: /readyz, port: jetway-metrics}, periodSeconds: 2, failureThreshold: 60}\n    readinessProbe: {httpGet: {path: /readyz, port: jetway-metrics}, periodSeconds: 5}\n";
+
+    #[test]
+    fn probes_gate_the_start_on_readyz_and_readiness_on_healthz() {
+        let probes: Mapping = probes()
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect();
+        let path = |key: &str| probes[key]["httpGet"]["path"].as_str().map(str::to_owned);
+        assert_eq!(path("startupProbe").as_deref(), Some("/readyz"));
+        assert_eq!(path("readinessProbe").as_deref(), Some("/healthz"));
+        assert_eq!(path("livenessProbe").as_deref(), Some("/healthz"));
+        let startup = &probes["startupProbe"];
+        let budget = startup["periodSeconds"].as_u64().unwrap_or(0)
+            * startup["failureThreshold"].as_u64().unwrap_or(0);
+        assert!(budget >= 180, "a slow NATS gets minutes, not {budget} s");
+    }
+
+    #[test]
+    fn reinjection_rewrites_the_probes_of_an_older_jetway() {
+        let out = inject(OLD_SIDECAR, &opts()).expect("injects");
+        let v: Value = serde_yaml::from_str(&out).expect("yaml");
+        let sidecar = &v["spec"]["initContainers"][0];
+        for (key, probe) in probes() {
+            assert_eq!(sidecar[key], probe, "{key}");
+        }
+        // Nothing else of the container changed, and no second one came.
+        assert_eq!(sidecar["restartPolicy"], "Always");
+        assert!(sidecar.get("image").is_none());
+        assert_eq!(
+            v["spec"]["initContainers"].as_sequence().map(Vec::len),
+            Some(1)
+        );
+        assert!(v["spec"].get("volumes").is_none());
+    }
+
+    #[test]
+    fn a_sidecar_with_other_probes_is_left_alone() {
+        let input = OLD_SIDECAR.replace("jetway-metrics", "9000");
+        let before: Value = serde_yaml::from_str(&input).expect("yaml");
+        let out = inject(&input, &opts()).expect("injects");
+        let after: Value = serde_yaml::from_str(&out).expect("yaml");
+        assert_eq!(after, before);
     }
 
     #[test]

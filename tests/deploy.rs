@@ -257,7 +257,7 @@ fn strict_validation_goes_through_ignored_any() {
         ("containerPort: 4481", "containerport: 4481"),
         ("matchLabels:", "matchLabel:"),
         ("restartPolicy: Always", "restartpolicy: Always"),
-        ("failureThreshold: 60", "failureTreshold: 60"),
+        ("failureThreshold: 150", "failureTreshold: 150"),
         (
             "secretName: orders-nats-credentials",
             "secret: orders-nats-credentials",
@@ -2484,4 +2484,245 @@ fn renderer_is_strict() {
         "x1 y"
     );
     assert!(c.render_snippet("{{ include \"nope\" . }}", &root).is_err());
+}
+
+// --- probes: a NATS outage keeps the pod in its Services ------------------------------
+
+/// The jetway container of a pod spec, from either list.
+fn jetway_container(what: &str, pod_spec: &Value) -> Value {
+    seq(&pod_spec["initContainers"])
+        .into_iter()
+        .chain(seq(&pod_spec["containers"]))
+        .find(|c| str_at(c, &["name"]) == "jetway")
+        .cloned()
+        .unwrap_or_else(|| panic!("{what}: no jetway container"))
+}
+
+fn has_jetway(pod_spec: &Value) -> bool {
+    seq(&pod_spec["initContainers"])
+        .into_iter()
+        .chain(seq(&pod_spec["containers"]))
+        .any(|c| str_at(c, &["name"]) == "jetway")
+}
+
+/// Every jetway container that the shipped files and `jetway inject` produce.
+fn shipped_sidecars() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let docs = kustomize_resources("deploy/kubernetes");
+    let spec = &find(&docs, "Deployment")["spec"]["template"]["spec"];
+    out.push((
+        "deploy/kubernetes".to_string(),
+        jetway_container("kustomize", spec),
+    ));
+    for native in [true, false] {
+        let values = with(
+            &chart_values(),
+            &[
+                ("/example/enabled", serde_json::json!(true)),
+                ("/nativeSidecar", serde_json::json!(native)),
+            ],
+        );
+        let docs = render(&values);
+        let spec = &find(&docs, "Deployment")["spec"]["template"]["spec"];
+        let what = format!("chart (nativeSidecar {native})");
+        out.push((what.clone(), jetway_container(&what, spec)));
+    }
+    for legacy in [false, true] {
+        out.push((
+            format!("jetway inject (legacy {legacy})"),
+            injected("c", None, legacy).0,
+        ));
+    }
+    let dir = root().join("tests/fixtures/inject");
+    for entry in std::fs::read_dir(&dir).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if !name.ends_with(".out.yaml") || name.starts_with("already-injected") {
+            continue;
+        }
+        // Unannotated workloads (in mixed.*) have no sidecar.
+        for doc in documents(&read(&path)) {
+            for (workload, spec) in pod_specs(&doc) {
+                if has_jetway(spec) {
+                    out.push((format!("{name} {workload}"), jetway_container(&name, spec)));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sidecars_start_on_readyz_and_stay_ready_on_healthz() {
+    // SPEC section 7: /readyz gates the start only; readiness on /readyz
+    // would take every pod of every app out of its Services when NATS has a
+    // bad minute.
+    let sidecars = shipped_sidecars();
+    assert!(sidecars.len() >= 15, "only {} sidecars", sidecars.len());
+    for (what, c) in &sidecars {
+        for (probe, path) in [
+            ("startupProbe", "/readyz"),
+            ("readinessProbe", "/healthz"),
+            ("livenessProbe", "/healthz"),
+        ] {
+            assert_eq!(
+                str_at(c, &[probe, "httpGet", "path"]),
+                path,
+                "{what}: {probe}"
+            );
+            assert_eq!(
+                str_at(c, &[probe, "httpGet", "port"]),
+                "jetway-metrics",
+                "{what}: {probe}"
+            );
+        }
+        // A slow NATS gets a few minutes before the kubelet gives up.
+        let startup = &c["startupProbe"];
+        let budget = startup["periodSeconds"].as_u64().unwrap_or(0)
+            * startup["failureThreshold"].as_u64().unwrap_or(0);
+        assert!(
+            (180..=600).contains(&budget),
+            "{what}: startup budget {budget} s"
+        );
+    }
+    // All of them are one and the same probes (modulo the native/legacy
+    // difference, which is not in the probes).
+    let first = &sidecars[0].1;
+    for (what, c) in &sidecars {
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            assert_eq!(c[probe], first[probe], "{what}: {probe}");
+        }
+    }
+}
+
+#[test]
+fn docs_explain_the_probes_and_the_outage() {
+    // The choice, what the app sees during an outage and how to alert on it
+    // are written where operators look.
+    let readme = read("deploy/README.md");
+    let start = readme
+        .find("## Probes and NATS outages")
+        .expect("section in deploy/README.md");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    for words in [
+        "`/readyz`",
+        "`/healthz`",
+        "nats_unavailable",
+        "Retry-After",
+        "JetwayNatsDisconnected",
+        "NATS connection",
+        "5 minutes",
+    ] {
+        assert!(section.contains(words), "deploy/README.md lacks {words}");
+    }
+    for (file, words) in [
+        (
+            "deploy/kubernetes/deployment.yaml",
+            &["JetwayNatsDisconnected", "nats_unavailable"][..],
+        ),
+        (
+            "helm/jetway/values.yaml",
+            &["JetwayNatsDisconnected", "5 minutes"][..],
+        ),
+        (
+            "helm/jetway/templates/_helpers.tpl",
+            &["JetwayNatsDisconnected", "nats_unavailable"][..],
+        ),
+    ] {
+        let text = read(file);
+        for w in words {
+            assert!(text.contains(w), "{file} lacks {w}");
+        }
+    }
+}
+
+/// What the kubelet's HTTP probe concludes: success on 200..=399 within
+/// `timeoutSeconds`.
+async fn kubelet_probe(
+    http: &reqwest::Client,
+    metrics: std::net::SocketAddr,
+    probe: &Value,
+) -> bool {
+    let path = str_at(probe, &["httpGet", "path"]);
+    let timeout = probe["timeoutSeconds"].as_u64().unwrap_or(1);
+    match http
+        .get(format!("http://{metrics}{path}"))
+        .timeout(std::time::Duration::from_secs(timeout))
+        .send()
+        .await
+    {
+        Ok(r) => (200..400).contains(&r.status().as_u16()),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_probes_keep_the_pod_ready_through_a_nats_outage() {
+    use common::*;
+    // The probes exactly as the example manifest has them (the chart and
+    // inject have the same, see above), run the way the kubelet runs them
+    // against a real sidecar while its NATS goes away and comes back.
+    let docs = kustomize_resources("deploy/kubernetes");
+    let sidecar_spec = jetway_container(
+        "kustomize",
+        &find(&docs, "Deployment")["spec"]["template"]["spec"],
+    );
+    let [startup, readiness, liveness] =
+        ["startupProbe", "readinessProbe", "livenessProbe"].map(|p| sidecar_spec[p].clone());
+
+    let mut nats = Nats::start();
+    let endpoint = Endpoint::ok().await;
+    let yaml = config_yaml(
+        &nats,
+        &format!(
+            "subscriptions:\n  - {{ name: s1, subject: \"orders.>\", endpoint: \"{}\" }}\n",
+            endpoint.url("/e")
+        ),
+    );
+    let s = Sidecar::start(&yaml).await;
+    let http = reqwest::Client::new();
+    for probe in [&startup, &readiness, &liveness] {
+        assert!(kubelet_probe(&http, s.metrics, probe).await, "{probe:?}");
+    }
+
+    nats.stop();
+    eventually("jetway notices the lost connection", || {
+        let s = &s;
+        async move { (s.metric("jetway_nats_connected", &[]).await == 0.0).then_some(()) }
+    })
+    .await;
+    // The start gate would hold a new pod back ...
+    assert!(!kubelet_probe(&http, s.metrics, &startup).await);
+    // ... but a running pod stays ready (in its Services) and is not restarted.
+    assert!(kubelet_probe(&http, s.metrics, &readiness).await);
+    assert!(kubelet_probe(&http, s.metrics, &liveness).await);
+    // The app's publishes meanwhile: 503 nats_unavailable with Retry-After.
+    let r = s.publish("orders.created", b"during").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some(), "{r:?}");
+    let body: serde_json::Value = r.json().await.expect("error body");
+    assert_eq!(body["error"]["code"], "nats_unavailable", "{body}");
+    assert!(
+        s.metric("jetway_publish_total", &[("outcome", "unavailable")])
+            .await
+            >= 1.0
+    );
+
+    // NATS comes back: jetway reconnects by itself, publishes and deliveries
+    // resume, and the probes never had a reason to restart it.
+    nats.restart();
+    eventually("publishes go through again", || {
+        let s = &s;
+        async move { (s.publish("orders.created", b"after").await.status() == 200).then_some(()) }
+    })
+    .await;
+    endpoint.wait_for(1).await;
+    assert!(kubelet_probe(&http, s.metrics, &startup).await);
+    assert!(kubelet_probe(&http, s.metrics, &readiness).await);
+    s.stop().await;
 }

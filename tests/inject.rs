@@ -53,6 +53,7 @@ const GOLDEN_CASES: &[(&str, bool)] = &[
     ("credentials", false),
     ("mixed", false),
     ("already-injected", false),
+    ("previous-version", false),
     ("deployment", true),
     ("pod", true),
     ("existing-init-container", true),
@@ -138,15 +139,7 @@ fn assert_sidecar(case: &str, pod_spec: &Value, list: &str, config_map: &str) {
     assert_eq!(c["ports"][0]["containerPort"], 4480, "{case}");
     assert_eq!(c["ports"][1]["name"], "jetway-metrics", "{case}");
     assert_eq!(c["ports"][1]["containerPort"], 4481, "{case}");
-    assert_eq!(c["startupProbe"]["httpGet"]["path"], "/readyz", "{case}");
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{case}");
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{case}");
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        assert_eq!(
-            c[probe]["httpGet"]["port"], "jetway-metrics",
-            "{case} {probe}"
-        );
-    }
+    assert_probes(case, c);
     assert_eq!(c["resources"]["requests"]["cpu"], "10m", "{case}");
     assert_eq!(c["resources"]["requests"]["memory"], "24Mi", "{case}");
     assert_eq!(c["resources"]["limits"]["memory"], "64Mi", "{case}");
@@ -172,6 +165,25 @@ fn assert_sidecar(case: &str, pod_spec: &Value, list: &str, config_map: &str) {
         config[0]["configMap"]["items"][0]["key"], "jetway.yaml",
         "{case}"
     );
+}
+
+/// SPEC section 7: `/readyz` gates the start only; readiness and liveness
+/// are on `/healthz`, so a NATS outage keeps the pod in its Services.
+fn assert_probes(case: &str, c: &Value) {
+    assert_eq!(c["startupProbe"]["httpGet"]["path"], "/readyz", "{case}");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz", "{case}");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{case}");
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            c[probe]["httpGet"]["port"], "jetway-metrics",
+            "{case} {probe}"
+        );
+    }
+    // A slow NATS gets a few minutes before the kubelet restarts the sidecar.
+    let startup = &c["startupProbe"];
+    let budget = startup["periodSeconds"].as_u64().unwrap_or(0)
+        * startup["failureThreshold"].as_u64().unwrap_or(0);
+    assert!(budget >= 180, "{case}: startup budget {budget} s");
 }
 
 #[test]
@@ -242,6 +254,42 @@ fn injecting_twice_changes_nothing() {
             documents(&once),
             "{case} (legacy {legacy})"
         );
+    }
+}
+
+#[test]
+fn reinjecting_a_previous_versions_output_rewrites_the_probes() {
+    // previous-version.in.yaml is what jetway wrote before the probes moved
+    // (readiness on /readyz) for deployment.in.yaml and, with --legacy,
+    // pod.in.yaml. Re-injected, each is what injecting the original gives
+    // today: the probes rewritten, nothing else changed, nothing doubled.
+    let input = read("previous-version.in.yaml");
+    let old = documents(&input);
+    assert_eq!(old.len(), 2);
+    let old_native = &old[0]["spec"]["template"]["spec"]["initContainers"][0];
+    let old_legacy = &old[1]["spec"]["containers"][1];
+    for c in [old_native, old_legacy] {
+        assert_eq!(c["name"], "jetway");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    }
+    for legacy in [false, true] {
+        let again = documents(&inject(&input, &options(legacy)).expect("re-inject"));
+        let fresh_native =
+            documents(&inject(&read("deployment.in.yaml"), &options(false)).expect("deployment"));
+        let fresh_legacy = documents(&inject(&read("pod.in.yaml"), &options(true)).expect("pod"));
+        assert_eq!(
+            again[0], fresh_native[0],
+            "native (run with legacy {legacy})"
+        );
+        assert_eq!(
+            again[1], fresh_legacy[0],
+            "legacy (run with legacy {legacy})"
+        );
+        assert_probes(
+            "previous native",
+            &again[0]["spec"]["template"]["spec"]["initContainers"][0],
+        );
+        assert_probes("previous legacy", &again[1]["spec"]["containers"][1]);
     }
 }
 

@@ -33,6 +33,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 The sidecar container, as one list item: include it under initContainers
 (nativeSidecar: true, Kubernetes 1.29+) or containers (nativeSidecar: false).
+
+Probes (SPEC section 7): /readyz is the startup probe only (the app starts
+once jetway can publish); readiness and liveness are on /healthz, so a NATS
+outage does not take the pod out of its Services. Publishes answer 503
+nats_unavailable with Retry-After meanwhile and deliveries wait; alert on
+JetwayNatsDisconnected (deploy/README.md, "Probes and NATS outages").
 */}}
 {{- define "jetway.sidecar" -}}
 - name: jetway
@@ -60,7 +66,7 @@ The sidecar container, as one list item: include it under initContainers
     {{- toYaml .Values.probes.startup | nindent 4 }}
   readinessProbe:
     httpGet:
-      path: /readyz
+      path: /healthz
       port: jetway-metrics
     {{- toYaml .Values.probes.readiness | nindent 4 }}
   livenessProbe:
