@@ -1399,7 +1399,7 @@ fn parse_subscriptions(top: &Section<'_>, p: &mut Vec<Problem>) -> Vec<Subscript
 }
 
 /// A small, complete configuration used by `jetway dev` and in docs.
-pub const EXAMPLE: &str = include_str!("../examples/jetway.yaml");
+pub const EXAMPLE: &str = include_str!("../../examples/jetway.yaml");
 
 #[cfg(test)]
 mod tests {
