@@ -2,7 +2,7 @@
 //! before validation: `JETWAY_SECTION__KEY=value` overrides first, then
 //! `${VAR}` expansion in string values.
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use super::values::join;
 use super::{Problem, TOP_LEVEL};
@@ -42,7 +42,7 @@ pub(super) fn apply_overrides(
             continue;
         }
         let value =
-            serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()));
+            serde_norway::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()));
         let value = match value {
             Value::Null if !raw.trim().is_empty() && raw.trim() != "~" && raw.trim() != "null" => {
                 Value::String(raw.clone())

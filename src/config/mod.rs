@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 mod api;
 mod app;
@@ -92,7 +92,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("config is not valid YAML: {0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] serde_norway::Error),
     #[error("{} problem(s) in the config:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
 }
@@ -127,7 +127,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let mut root: Value = serde_yaml::from_str(text)?;
+        let mut root: Value = serde_norway::from_str(text)?;
         if root.is_null() {
             root = Value::Mapping(Mapping::new());
         }
@@ -295,6 +295,14 @@ subscriptions:
                 "missing problem at {w}; got {got:?}"
             );
         }
+    }
+
+    #[test]
+    fn yaml_syntax_errors_name_line_and_column() {
+        let err = Config::from_yaml("app_id: a\nnats: [\n", Vec::new()).expect_err("bad yaml");
+        assert!(matches!(err, ConfigError::Yaml(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("line 3 column 1"), "{text}");
     }
 
     #[test]

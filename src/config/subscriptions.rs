@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use hyper::Uri;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use super::streams::is_valid_stream_name;
 use super::values::{boolean, duration, float, http_uri, is_valid_name, string, uint, Section};
@@ -331,7 +331,7 @@ mod tests {
             ("first", None),
         ];
         for (input, want) in table {
-            let v: Value = serde_yaml::from_str(input).expect("yaml");
+            let v: Value = serde_norway::from_str(input).expect("yaml");
             assert_eq!(deliver(&v).ok(), want, "{input}");
         }
     }
