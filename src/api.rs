@@ -63,7 +63,7 @@ impl FromRef<Shared> for async_nats::jetstream::Context {
 pub fn openapi() -> &'static serde_json::Value {
     static DOC: OnceLock<serde_json::Value> = OnceLock::new();
     DOC.get_or_init(|| {
-        serde_yaml::from_str(include_str!("../docs/openapi.yaml")).unwrap_or_else(
+        serde_norway::from_str(include_str!("../docs/openapi.yaml")).unwrap_or_else(
             |e| serde_json::json!({ "error": format!("openapi.yaml is invalid: {e}") }),
         )
     })

@@ -27,7 +27,7 @@
 //! deliveries simply wait.
 
 use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 /// Image used when none is given.
 pub const DEFAULT_IMAGE: &str = "ghcr.io/jetway/jetway:0.1.0";
@@ -133,7 +133,7 @@ pub enum InjectError {
 /// dropped. Unannotated resources come out semantically unchanged.
 pub fn inject(input: &str, opts: &InjectOptions) -> Result<String, InjectError> {
     let mut out = String::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(input).enumerate() {
+    for (index, document) in serde_norway::Deserializer::from_str(input).enumerate() {
         let mut value =
             Value::deserialize(document).map_err(|e| InjectError::Yaml(e.to_string()))?;
         if value.is_null() {
@@ -143,7 +143,9 @@ pub fn inject(input: &str, opts: &InjectOptions) -> Result<String, InjectError> 
         if !out.is_empty() {
             out.push_str("---\n");
         }
-        out.push_str(&serde_yaml::to_string(&value).map_err(|e| InjectError::Yaml(e.to_string()))?);
+        out.push_str(
+            &serde_norway::to_string(&value).map_err(|e| InjectError::Yaml(e.to_string()))?,
+        );
     }
     Ok(out)
 }
@@ -613,7 +615,7 @@ mod tests {
     fn pod_gets_native_sidecar() {
         let input = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    jetway.io/inject: enabled\n    jetway.io/config: cfg\nspec:\n  containers:\n  - name: app\n    image: app\n";
         let out = inject(input, &opts()).expect("injects");
-        let v: Value = serde_yaml::from_str(&out).expect("yaml");
+        let v: Value = serde_norway::from_str(&out).expect("yaml");
         let init = &v["spec"]["initContainers"][0];
         assert_eq!(init["name"], "jetway");
         assert_eq!(init["restartPolicy"], "Always");

@@ -69,6 +69,34 @@ fn check_accepts_the_shipped_example() {
 }
 
 #[test]
+fn check_refuses_forward_headers_that_must_not_be_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        &dir,
+        "app_id: a\npublish:\n  forward_headers: [\"nats-rollup\", \"Nats-Msg-Id\", \"Authorization\"]\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for (i, name) in ["nats-rollup", "Nats-Msg-Id", "Authorization"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            stderr.contains(&format!(
+                "publish.forward_headers[{i}]: `{name}` is refused"
+            )),
+            "{name} missing from:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("API token"), "{stderr}");
+}
+
+#[test]
 fn run_refuses_an_invalid_config_before_touching_the_network() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(&dir, BROKEN);

@@ -30,7 +30,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 // --- files -----------------------------------------------------------------
 
@@ -44,7 +44,7 @@ fn read(path: impl AsRef<Path>) -> String {
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_norway::Deserializer::from_str(yaml)
         .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("invalid yaml: {e}\n{yaml}")))
         .filter(|v| !v.is_null())
         .collect()
@@ -378,7 +378,7 @@ fn seq(v: &Value) -> Vec<&Value> {
 }
 
 fn labels(v: &Value) -> BTreeMap<String, String> {
-    serde_yaml::from_value(v.clone()).unwrap_or_default()
+    serde_norway::from_value(v.clone()).unwrap_or_default()
 }
 
 fn is_subset(small: &BTreeMap<String, String>, big: &BTreeMap<String, String>) -> bool {
@@ -438,7 +438,7 @@ fn check_pod_spec_with(what: &str, spec: &Value, claims: &[&str]) {
 fn jetway_config(config_map: &Value) -> (String, Value) {
     let text = str_at(config_map, &["data", "jetway.yaml"]).to_string();
     assert!(!text.is_empty(), "ConfigMap has a jetway.yaml key");
-    let value = serde_yaml::from_str(&text).expect("jetway.yaml is yaml");
+    let value = serde_norway::from_str(&text).expect("jetway.yaml is yaml");
     (text, value)
 }
 
@@ -606,7 +606,7 @@ fn kustomize_example_is_what_inject_adds() {
     let original = documents(&text).remove(0);
     let mut bare = original.clone();
     remove_jetway(&mut bare["spec"]["template"]["spec"]);
-    let bare_text = serde_yaml::to_string(&bare).expect("yaml");
+    let bare_text = serde_norway::to_string(&bare).expect("yaml");
     let opts = jetway::inject::InjectOptions::default();
     let injected = jetway::inject::inject(&bare_text, &opts).expect("inject");
     assert_eq!(documents(&injected)[0], original, "got:\n{injected}");
@@ -620,7 +620,7 @@ fn kustomize_example_is_what_inject_adds() {
 fn jetway_check_output(config: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config.to_string();
-    let parsed: Value = serde_yaml::from_str(&config).expect("config is yaml");
+    let parsed: Value = serde_norway::from_str(&config).expect("config is yaml");
     for key in ["credentials_file", "nkey_seed_file"] {
         if let Some(file) = parsed["nats"][key].as_str() {
             let stand_in = dir.path().join(key);
@@ -654,8 +654,8 @@ fn shipped_configs_pass_jetway_check() {
     let docs = kustomize_resources("deploy/kubernetes");
     let (text, _) = jetway_config(find(&docs, "ConfigMap"));
     jetway_check("deploy/kubernetes/configmap.yaml", &text);
-    let values: Value = serde_yaml::from_str(&read("helm/jetway/values.yaml")).expect("values");
-    let config = serde_yaml::to_string(&values["config"]).expect("yaml");
+    let values: Value = serde_norway::from_str(&read("helm/jetway/values.yaml")).expect("values");
+    let config = serde_norway::to_string(&values["config"]).expect("yaml");
     jetway_check("helm/jetway/values.yaml config", &config);
 }
 
@@ -1260,7 +1260,8 @@ fn alerts_have_runbooks_in_the_deploy_readme() {
 #[test]
 fn chart_rules_equal_the_deploy_alerts() {
     let deploy = &documents(&read("deploy/prometheus/alerts.yaml"))[0]["spec"];
-    let chart: Value = serde_yaml::from_str(&read("helm/jetway/files/rules.yaml")).expect("rules");
+    let chart: Value =
+        serde_norway::from_str(&read("helm/jetway/files/rules.yaml")).expect("rules");
     assert_eq!(&chart, deploy);
 }
 
@@ -1268,7 +1269,7 @@ fn chart_rules_equal_the_deploy_alerts() {
 
 #[test]
 fn nats_values_make_a_three_node_jetstream_cluster() {
-    let v: Value = serde_yaml::from_str(&read("deploy/nats/values.yaml")).expect("yaml");
+    let v: Value = serde_norway::from_str(&read("deploy/nats/values.yaml")).expect("yaml");
     let c = &v["config"];
     assert_eq!(c["cluster"]["enabled"], true);
     assert_eq!(c["cluster"]["replicas"], 3);
@@ -1403,7 +1404,7 @@ fn dockerfile_runs_jetway_as_non_root() {
 const CHART: &str = "helm/jetway";
 
 fn chart_values() -> Value {
-    serde_yaml::from_str(&read(format!("{CHART}/values.yaml"))).expect("values.yaml")
+    serde_norway::from_str(&read(format!("{CHART}/values.yaml"))).expect("values.yaml")
 }
 
 fn templates() -> Vec<(String, String)> {
@@ -1426,7 +1427,7 @@ fn templates() -> Vec<(String, String)> {
 #[test]
 fn chart_metadata_is_consistent() {
     let doc: Value =
-        serde_yaml::from_str(&read(format!("{CHART}/Chart.yaml"))).expect("Chart.yaml");
+        serde_norway::from_str(&read(format!("{CHART}/Chart.yaml"))).expect("Chart.yaml");
     let chart: crd::Chart = strict(&doc).expect("Chart.yaml fields");
     assert_eq!(chart.api_version, "v2");
     assert_eq!(chart.name, "jetway");
@@ -1941,7 +1942,7 @@ mod gotmpl {
     fn to_yaml(v: &Value) -> String {
         match v {
             Value::Null => "null".into(),
-            _ => serde_yaml::to_string(v)
+            _ => serde_norway::to_string(v)
                 .unwrap_or_default()
                 .trim_end_matches('\n')
                 .to_string(),
@@ -2460,7 +2461,7 @@ fn chart_readme_snippet_renders_from_a_parent_chart() {
     let out = chart()
         .render_snippet(&rest, &root)
         .expect("snippet renders");
-    let doc: Value = serde_yaml::from_str(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let doc: Value = serde_norway::from_str(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
     let spec = &doc["spec"]["template"]["spec"];
     let (sidecar, volumes) = injected("shop-jetway", None, false);
     assert_eq!(spec["initContainers"][0], sidecar, "{out}");

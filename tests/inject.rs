@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use jetway::inject::{inject, InjectError, InjectOptions, DEFAULT_IMAGE};
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject")
@@ -26,7 +26,7 @@ fn read(name: &str) -> String {
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_norway::Deserializer::from_str(yaml)
         .map(|d| Value::deserialize(d).expect("valid yaml"))
         .filter(|v| !v.is_null())
         .collect()
@@ -131,7 +131,7 @@ fn assert_sidecar(case: &str, pod_spec: &Value, list: &str, config_map: &str) {
     assert_eq!(c["image"], DEFAULT_IMAGE, "{case}");
     assert_eq!(
         c["args"],
-        serde_yaml::from_str::<Value>(r#"["run", "--config", "/etc/jetway/jetway.yaml"]"#)
+        serde_norway::from_str::<Value>(r#"["run", "--config", "/etc/jetway/jetway.yaml"]"#)
             .expect("yaml"),
         "{case}"
     );
