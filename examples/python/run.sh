@@ -42,7 +42,7 @@ free_port() {
 wait_until() {
   local deadline=$((SECONDS + $1)) what=$2
   shift 2
-  until "$@" >/dev/null 2>&1; do
+  until "$@" >/dev/null; do
     [ "$SECONDS" -lt "$deadline" ] || fail "timed out waiting for $what"
     sleep 0.2
   done
@@ -75,15 +75,20 @@ export JETWAY_URL="http://127.0.0.1:$JETWAY_API_PORT"
 
 "$nats_bin" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$work/nats.log" 2>&1 &
 pids+=($!)
-wait_until 10 "nats-server on $NATS_PORT" bash -c "echo >/dev/tcp/127.0.0.1/$NATS_PORT"
+wait_until 10 "nats-server on $NATS_PORT" grep -q "Server is ready" "$work/nats.log"
 
 PORT=$SERVICE_PORT "$here/.venv/bin/python" "$here/service.py" >"$work/service.log" 2>&1 &
 pids+=($!)
-wait_until 10 "the service on $SERVICE_PORT" curl -fsS "http://127.0.0.1:$SERVICE_PORT/stats"
+wait_until 10 "the service on $SERVICE_PORT" curl -fs "http://127.0.0.1:$SERVICE_PORT/stats"
 
 "$JETWAY_BIN" run --config "$here/jetway.yaml" >"$work/jetway.log" 2>&1 &
-pids+=($!)
-wait_until 30 "jetway ready" curl -fsS "http://127.0.0.1:$JETWAY_METRICS_PORT/readyz"
+jetway_pid=$!
+pids+=($jetway_pid)
+jetway_ready() {
+  kill -0 "$jetway_pid" 2>/dev/null || fail "jetway exited (see its log)"
+  curl -fs "http://127.0.0.1:$JETWAY_METRICS_PORT/readyz"
+}
+wait_until 30 "jetway ready" jetway_ready
 
 # --- the scenario
 order='{"id":"1001","item":"book","quantity":1}'
@@ -99,7 +104,7 @@ forged=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: applic
 
 # The first delivery is answered 503 after processing; the retry is a repeat.
 wait_until 30 "the retried delivery to be dropped as a repeat" \
-  bash -c "curl -fsS http://127.0.0.1:$SERVICE_PORT/stats | grep -qx 'duplicates=[1-9][0-9]*'"
+  bash -c "curl -fs http://127.0.0.1:$SERVICE_PORT/stats | grep -qx 'duplicates=[1-9][0-9]*'"
 
 # --- the checks
 [ "$(stat processed)" = "order-1001" ] || fail "processed: $(stat processed), want order-1001 once"
