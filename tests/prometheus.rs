@@ -5,6 +5,9 @@
 //! dashboard (`deploy/grafana/jetway.json`, its variables included) and
 //! every alert of `deploy/prometheus/alerts.yaml` is evaluated through
 //! Prometheus' HTTP API: none may fail, and each must have returned data.
+//! The KEDA trigger's query (`deploy/keda`) must see the lag. The scrape
+//! carries the labels of the `deploy/kubernetes` example (namespace
+//! `default`, job `orders-jetway-metrics`), as the KEDA query expects.
 //!
 //! Needs the `prometheus` binary (Debian's `prometheus` package;
 //! `PROMETHEUS_BIN` overrides); `scripts/test-ecosystem.sh` installs it.
@@ -72,10 +75,10 @@ impl Prometheus {
             "global: {{ scrape_interval: {SCRAPE}, evaluation_interval: {SCRAPE} }}\n\
              rule_files: [\"{}\"]\n\
              scrape_configs:\n\
-             \x20 - job_name: orders\n\
+             \x20 - job_name: orders-jetway-metrics\n\
              \x20   static_configs:\n\
              \x20     - targets: [\"{target}\"]\n\
-             \x20       labels: {{ namespace: shop, pod: orders-1 }}\n",
+             \x20       labels: {{ namespace: default, pod: orders-1 }}\n",
             rules.display()
         );
         let config_file = dir.path().join("prometheus.yml");
@@ -181,6 +184,17 @@ fn now() -> f64 {
         .unwrap_or_default()
 }
 
+/// The query of the KEDA Prometheus trigger (one `query: '...'` line).
+fn keda_query() -> String {
+    let text =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/keda/scaledobject-prometheus.yaml"))
+            .expect("read deploy/keda/scaledobject-prometheus.yaml");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("query: "))
+        .map(|q| q.trim_matches('\'').to_string())
+        .expect("a query: line")
+}
+
 /// A dashboard query with Grafana's variables as Grafana fills them with
 /// "All" selected (`allValue: .*`).
 fn grafana_expand(expr: &str) -> String {
@@ -283,7 +297,7 @@ async fn dashboard_and_alert_queries_return_data_from_a_real_prometheus() {
              \x20 - {{ name: emails, subject: orders.ok, endpoint: \"{}\", {retry} }}\n\
              \x20 - {{ name: billing, subject: orders.flaky, endpoint: \"{}\", {retry} }}\n\
              \x20 - {{ name: audit, subject: orders.rejected, endpoint: \"{}\", {retry} }}\n\
-             \x20 - {{ name: search, subject: orders.down, endpoint: \"{down}\", {retry} }}\n",
+             \x20 - {{ name: order-emails, subject: orders.down, endpoint: \"{down}\", {retry} }}\n",
             ok.url("/events"),
             flaky.url("/events"),
             rejects.url("/events"),
@@ -294,7 +308,7 @@ async fn dashboard_and_alert_queries_return_data_from_a_real_prometheus() {
     let prometheus = Prometheus::start(&bin, sidecar.metrics).await;
     let start = now();
     prometheus
-        .wait_for(r#"up{job="orders"}"#, |v| v == 1.0)
+        .wait_for(r#"up{job="orders-jetway-metrics"}"#, |v| v == 1.0)
         .await;
 
     // Traffic: deliveries, retries, dead letters, lag.
@@ -310,17 +324,20 @@ async fn dashboard_and_alert_queries_return_data_from_a_real_prometheus() {
     publish_all("orders.ok", 20).await;
     publish_all("orders.flaky", 10).await;
     publish_all("orders.rejected", 5).await;
-    // The first messages to `search` find its endpoint down: it pauses
+    // The first messages to `order-emails` find its endpoint down: it pauses
     // (what it fetched stays in flight, not pending). Then the lag grows.
     publish_all("orders.down", 5).await;
     prometheus
-        .wait_for(r#"jetway_endpoint_up{subscription="search"}"#, |v| v == 0.0)
+        .wait_for(r#"jetway_endpoint_up{subscription="order-emails"}"#, |v| {
+            v == 0.0
+        })
         .await;
     publish_all("orders.down", 150).await;
     prometheus
-        .wait_for(r#"jetway_consumer_pending{subscription="search"}"#, |v| {
-            v > 100.0
-        })
+        .wait_for(
+            r#"jetway_consumer_pending{subscription="order-emails"}"#,
+            |v| v > 100.0,
+        )
         .await;
     prometheus
         .wait_for(r#"sum(jetway_deliveries_total{outcome="success"})"#, |v| {
@@ -362,7 +379,9 @@ async fn dashboard_and_alert_queries_return_data_from_a_real_prometheus() {
     // Two more scrapes, so the range queries below end after that sample.
     let seen = now();
     prometheus
-        .wait_for(r#"timestamp(up{job="orders"})"#, |t| t > seen + 2.0)
+        .wait_for(r#"timestamp(up{job="orders-jetway-metrics"})"#, |t| {
+            t > seen + 2.0
+        })
         .await;
 
     // Every alert was loaded, evaluates without error, and has fired its
@@ -384,6 +403,11 @@ async fn dashboard_and_alert_queries_return_data_from_a_real_prometheus() {
         .collect();
     let names: Vec<&str> = alerts.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.len(), 5, "alerts loaded from alerts.yaml: {names:?}");
+
+    // The KEDA trigger sees the lag of the consumer, once.
+    let keda = keda_query();
+    let lag = prometheus.value(&keda).await;
+    assert!(lag.is_some_and(|v| v > 100.0), "KEDA query {keda}: {lag:?}");
 
     let mut failures = Vec::new();
     for (what, query) in alerts
