@@ -25,8 +25,9 @@ scripts/install-nats-server.sh
 echo "== promtool check rules"
 # alerts.yaml is a PrometheusRule: promtool reads its spec (the same rule
 # groups, two spaces further in).
-spec=$(mktemp --suffix=.yaml)
-trap 'rm -f "$spec"' EXIT
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+spec="$tmp/deploy-prometheus-alerts.yaml.spec"
 awk 'found { sub(/^  /, ""); print } /^spec:/ { found = 1 }' deploy/prometheus/alerts.yaml >"$spec"
 promtool check rules "$spec" helm/jetway/files/rules.yaml
 echo "== promtool test rules"

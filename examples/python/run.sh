@@ -53,7 +53,7 @@ stat() { curl -fsS "http://127.0.0.1:$SERVICE_PORT/stats" | sed -n "s/^$1=//p"; 
 # --- what this example needs
 command -v python3 >/dev/null || fail "python3 is missing"
 if [ ! -x "$here/.venv/bin/python" ]; then
-  python3 -m venv "$here/.venv"
+  python3 -m venv "$here/.venv" || fail "python3 -m venv failed (Debian: apt-get install python3-venv)"
 fi
 "$here/.venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$here/requirements.txt"
 
