@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use jetway::config::{Config, EXIT_INVALID};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "jetway",
@@ -57,6 +59,9 @@ enum Command {
         #[arg(long)]
         legacy: bool,
     },
+    /// Operator commands against a running sidecar (docs/cli.md).
+    #[command(flatten)]
+    Operator(cli::Operator),
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
             }),
             _,
         ) => inject(input.as_deref().unwrap_or(&file), image, legacy),
+        (Some(Command::Operator(command)), _) => return cli::main(command),
         (None, None) => {
             eprintln!("jetway: give a command (run, check, dev, inject) or --config FILE; see jetway --help");
             Err(ExitCode::from(EXIT_INVALID as u8))

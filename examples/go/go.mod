@@ -1,0 +1,3 @@
+module example.com/jetway/orders
+
+go 1.19
