@@ -659,7 +659,7 @@ mod tests {
     #[test]
     fn reinjection_rewrites_the_probes_of_an_older_jetway() {
         let out = inject(OLD_SIDECAR, &opts()).expect("injects");
-        let v: Value = serde_yaml::from_str(&out).expect("yaml");
+        let v: Value = serde_norway::from_str(&out).expect("yaml");
         let sidecar = &v["spec"]["initContainers"][0];
         for (key, probe) in probes() {
             assert_eq!(sidecar[key], probe, "{key}");
@@ -677,9 +677,9 @@ mod tests {
     #[test]
     fn a_sidecar_with_other_probes_is_left_alone() {
         let input = OLD_SIDECAR.replace("jetway-metrics", "9000");
-        let before: Value = serde_yaml::from_str(&input).expect("yaml");
+        let before: Value = serde_norway::from_str(&input).expect("yaml");
         let out = inject(&input, &opts()).expect("injects");
-        let after: Value = serde_yaml::from_str(&out).expect("yaml");
+        let after: Value = serde_norway::from_str(&out).expect("yaml");
         assert_eq!(after, before);
     }
 
