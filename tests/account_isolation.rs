@@ -162,7 +162,8 @@ async fn a_subject_no_stream_captures_is_404_without_a_message_on_the_wire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_created_after_start_is_found() {
     let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let allow = "publish: { allow: [\"orders.>\", \"payments.>\"] }\n";
+    let s = Sidecar::start(&config_yaml(&nats, allow)).await;
     let r = s.publish("payments.made", b"{}").await;
     assert_eq!(error_code(r).await, (404, "no_stream".to_string()));
     let js = nats.client().await;
@@ -192,7 +193,8 @@ async fn a_stream_created_after_start_is_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_that_is_not_a_pub_ack_is_502_never_503() {
     let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let allow = "publish: { allow: [\"orders.>\", \"svc.>\"] }\n";
+    let s = Sidecar::start(&config_yaml(&nats, allow)).await;
     // A stream that sends no PubAck, and a core service that answers on
     // the same subject: the only answer jetway gets is not a PubAck.
     let js = nats.client().await;
