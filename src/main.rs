@@ -38,6 +38,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the NATS permissions this config needs (a nats-server user's
+    /// `permissions` block): least privilege for the sidecar's NATS user.
+    Permissions {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Start a throwaway nats-server and the sidecar against it.
     Dev {
         /// Config to use instead of the built-in example.
@@ -125,6 +131,12 @@ fn main() -> ExitCode {
         (Some(Command::Check { config }), _) => {
             load(&config).map(|_| println!("{}: valid", config.display()))
         }
+        (Some(Command::Permissions { config }), _) => load(&config).map(|c| {
+            print!(
+                "{}",
+                jetway::permissions::for_config(&c).to_server_config()
+            )
+        }),
         (Some(Command::Dev { config }), _) => runtime().and_then(|rt| {
             rt.block_on(jetway::dev::dev(config.as_deref()))
                 .map_err(|e| {

@@ -264,3 +264,66 @@ fn the_least_privilege_list_reaches_nothing_of_other_apps() {
         );
     }
 }
+
+/// The shipped user of `deploy/nats/jetway-permissions.conf` holds exactly
+/// what `jetway permissions` prints for the example config, and
+/// nats-server accepts the file.
+#[test]
+fn the_shipped_permissions_match_the_example_config() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let configmap = std::fs::read_to_string(format!("{root}/deploy/kubernetes/configmap.yaml"))
+        .expect("configmap");
+    let (_, body) = configmap.split_once("jetway.yaml: |\n").expect("jetway.yaml key");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("nats.creds");
+    std::fs::write(&creds, "").expect("creds");
+    let yaml: String = body
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("/var/run/secrets/jetway/nats.creds", &creds.display().to_string());
+    let config = jetway::Config::from_yaml(&yaml, Vec::new()).expect("example config");
+    let block = jetway::permissions::for_config(&config).to_server_config();
+    let indented: String = block
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect();
+    let shipped = std::fs::read_to_string(format!("{root}/deploy/nats/jetway-permissions.conf"))
+        .expect("shipped permissions");
+    assert!(
+        shipped.contains(&indented),
+        "deploy/nats/jetway-permissions.conf is out of date; regenerate it with \
+         `jetway permissions --config` on the example config:\n{indented}"
+    );
+    let check = std::process::Command::new(nats_server_bin())
+        .args(["-t", "-c"])
+        .arg(format!("{root}/deploy/nats/jetway-permissions.conf"))
+        .env("ORDERS_JETWAY_PASSWORD", "x")
+        .output()
+        .expect("nats-server -t");
+    assert!(
+        check.status.success(),
+        "nats-server refuses the file: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+/// `jetway permissions --config FILE` prints the block for that config.
+#[test]
+fn jetway_permissions_prints_the_block_of_its_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jetway.yaml");
+    let yaml = "app_id: shop\nstreams:\n  - { name: CARTS, subjects: [\"carts.>\"] }\n";
+    std::fs::write(&path, yaml).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jetway"))
+        .args(["permissions", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run jetway permissions");
+    assert!(out.status.success());
+    let config = jetway::Config::from_yaml(yaml, Vec::new()).expect("config");
+    let want = jetway::permissions::for_config(&config).to_server_config();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    assert!(want.contains("\"carts.>\"") && want.contains("\"_INBOX_shop.>\""));
+}
