@@ -67,6 +67,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    run_with_limits(config, listeners, server::Limits::BUILT_IN, shutdown).await
+}
+
+/// [`run`] with other HTTP limits than the built-in ones on the API
+/// listener (tests that must not wait ten seconds for a timeout, embedders):
+/// a value, so two sidecars in one process can have different limits.
+pub async fn run_with_limits(
+    config: Config,
+    listeners: Listeners,
+    limits: server::Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
     let metrics = metrics::Metrics::new();
     let health = Arc::new(health::Health::default());
     let client = nats::connect(
@@ -102,7 +114,7 @@ pub async fn run(
             js: js.clone(),
             token: config.api.token.clone(),
         }),
-        server::Limits::default(),
+        limits,
         stop_http.clone(),
         Duration::from_secs(1),
     ));
@@ -111,7 +123,7 @@ pub async fn run(
         api::health_router(health.clone(), metrics.clone()),
         server::Limits {
             max_connections: 64,
-            ..Default::default()
+            ..limits
         },
         stop_http.clone(),
         Duration::from_secs(1),

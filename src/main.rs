@@ -131,12 +131,8 @@ fn main() -> ExitCode {
         (Some(Command::Check { config }), _) => {
             load(&config).map(|_| println!("{}: valid", config.display()))
         }
-        (Some(Command::Permissions { config }), _) => load(&config).map(|c| {
-            print!(
-                "{}",
-                jetway::permissions::for_config(&c).to_server_config()
-            )
-        }),
+        (Some(Command::Permissions { config }), _) => load(&config)
+            .map(|c| print!("{}", jetway::permissions::for_config(&c).to_server_config())),
         (Some(Command::Dev { config }), _) => runtime().and_then(|rt| {
             rt.block_on(jetway::dev::dev(config.as_deref()))
                 .map_err(|e| {

@@ -18,7 +18,7 @@
 //! stream, so a large one is refused without being buffered.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -59,22 +59,9 @@ impl Limits {
     };
 }
 
-/// Replaces [`Limits::BUILT_IN`] as the default, see [`set_defaults`].
-static DEFAULTS: Mutex<Option<Limits>> = Mutex::new(None);
-
-/// Makes `limits` the default of every listener started afterwards in this
-/// process. For tests that must not wait ten seconds for a timeout, and for
-/// embedders that call [`crate::run`] themselves.
-pub fn set_defaults(limits: Limits) {
-    *DEFAULTS.lock().unwrap_or_else(|e| e.into_inner()) = Some(limits);
-}
-
 impl Default for Limits {
     fn default() -> Self {
-        DEFAULTS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unwrap_or(Limits::BUILT_IN)
+        Limits::BUILT_IN
     }
 }
 
@@ -151,7 +138,6 @@ mod tests {
 
     #[test]
     fn built_in_limits_are_the_default() {
-        // Other unit tests in this binary never call set_defaults.
         assert_eq!(Limits::default(), Limits::BUILT_IN);
     }
 }

@@ -273,7 +273,9 @@ fn the_shipped_permissions_match_the_example_config() {
     let root = env!("CARGO_MANIFEST_DIR");
     let configmap = std::fs::read_to_string(format!("{root}/deploy/kubernetes/configmap.yaml"))
         .expect("configmap");
-    let (_, body) = configmap.split_once("jetway.yaml: |\n").expect("jetway.yaml key");
+    let (_, body) = configmap
+        .split_once("jetway.yaml: |\n")
+        .expect("jetway.yaml key");
     let dir = tempfile::tempdir().expect("tempdir");
     let creds = dir.path().join("nats.creds");
     std::fs::write(&creds, "").expect("creds");
@@ -282,13 +284,13 @@ fn the_shipped_permissions_match_the_example_config() {
         .map(|l| l.strip_prefix("    ").unwrap_or(l))
         .collect::<Vec<_>>()
         .join("\n")
-        .replace("/var/run/secrets/jetway/nats.creds", &creds.display().to_string());
+        .replace(
+            "/var/run/secrets/jetway/nats.creds",
+            &creds.display().to_string(),
+        );
     let config = jetway::Config::from_yaml(&yaml, Vec::new()).expect("example config");
     let block = jetway::permissions::for_config(&config).to_server_config();
-    let indented: String = block
-        .lines()
-        .map(|l| format!("        {l}\n"))
-        .collect();
+    let indented: String = block.lines().map(|l| format!("        {l}\n")).collect();
     let shipped = std::fs::read_to_string(format!("{root}/deploy/nats/jetway-permissions.conf"))
         .expect("shipped permissions");
     assert!(

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config_yaml, Nats, Sidecar};
-use jetway::server::{set_defaults, Limits};
+use jetway::server::Limits;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,6 +16,12 @@ use tokio::net::TcpStream;
 /// Tighter than the built-in 10 s so the timeouts can be watched quickly.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const BODY_TIMEOUT: Duration = Duration::from_secs(2);
+/// The limits of these tests' sidecars.
+const LIMITS: Limits = Limits {
+    header_read_timeout: HEADER_TIMEOUT,
+    body_read_timeout: BODY_TIMEOUT,
+    ..Limits::BUILT_IN
+};
 /// `api.max_body` of these tests.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -23,15 +29,9 @@ const MAX_BODY: usize = 64 * 1024;
 static MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 async fn start() -> (Nats, Sidecar) {
-    // Every test of this binary sets the same limits, before its sidecar
-    // starts, so the order tests run in does not matter.
-    set_defaults(Limits {
-        header_read_timeout: HEADER_TIMEOUT,
-        body_read_timeout: BODY_TIMEOUT,
-        ..Limits::BUILT_IN
-    });
     let nats = Nats::start();
-    let sidecar = Sidecar::start(&config_yaml(&nats, "api: { max_body: 64KiB }\n")).await;
+    let sidecar =
+        Sidecar::start_with_limits(&config_yaml(&nats, "api: { max_body: 64KiB }\n"), LIMITS).await;
     (nats, sidecar)
 }
 
@@ -458,15 +458,10 @@ async fn bad_bytes_in_subjects_are_subject_invalid() {
 async fn bad_bytes_in_headers_are_header_invalid() {
     let _shared = MEMORY.read().await;
     let nats = Nats::start();
-    set_defaults(Limits {
-        header_read_timeout: HEADER_TIMEOUT,
-        body_read_timeout: BODY_TIMEOUT,
-        ..Limits::BUILT_IN
-    });
-    let sidecar = Sidecar::start(&config_yaml(
-        &nats,
-        "publish: { forward_headers: [x-tenant] }\n",
-    ))
+    let sidecar = Sidecar::start_with_limits(
+        &config_yaml(&nats, "publish: { forward_headers: [x-tenant] }\n"),
+        LIMITS,
+    )
     .await;
     // Bytes hyper lets through (obs-text) in headers jetway stores.
     for header in [

@@ -349,6 +349,11 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub async fn start(yaml: &str) -> Sidecar {
+        Sidecar::start_with_limits(yaml, jetway::server::Limits::BUILT_IN).await
+    }
+
+    /// A sidecar whose API listener has `limits` instead of the built-in ones.
+    pub async fn start_with_limits(yaml: &str, limits: jetway::server::Limits) -> Sidecar {
         let config =
             jetway::Config::from_yaml(yaml, least_privilege_env(yaml)).expect("valid test config");
         let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -358,9 +363,10 @@ impl Sidecar {
             metrics.local_addr().expect("addr"),
         );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(jetway::run(
+        let task = tokio::spawn(jetway::run_with_limits(
             config,
             jetway::Listeners { api, metrics },
+            limits,
             async move {
                 let _ = rx.await;
             },
