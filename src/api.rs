@@ -34,6 +34,7 @@ pub struct ApiState {
     pub publisher: Arc<Publisher>,
     pub delivery: Arc<Delivery>,
     pub js: async_nats::jetstream::Context,
+    pub durability: Arc<crate::durability::Checker>,
     pub token: Option<Secret>,
 }
 
@@ -50,6 +51,12 @@ impl FromRef<Shared> for Arc<Publisher> {
 impl FromRef<Shared> for Arc<Delivery> {
     fn from_ref(Shared(s): &Shared) -> Self {
         s.delivery.clone()
+    }
+}
+
+impl FromRef<Shared> for Arc<crate::durability::Checker> {
+    fn from_ref(Shared(s): &Shared) -> Self {
+        s.durability.clone()
     }
 }
 
@@ -248,6 +255,7 @@ pub fn router(state: ApiState) -> Api {
             get(admin::get_message),
         )
         .route("/v1/subjects/{subject}/last", get(admin::last_message))
+        .route("/v1/streams", get(crate::durability::list_streams))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(Shared(Arc::new(state)));

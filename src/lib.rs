@@ -14,6 +14,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod delivery;
 pub mod dev;
+pub mod durability;
 pub mod error;
 pub mod health;
 pub mod inject;
@@ -98,11 +99,24 @@ pub async fn run_with_limits(
     ));
     let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone());
 
+    let durability = durability::Checker::new(
+        js.clone(),
+        client.clone(),
+        config
+            .streams
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(std::iter::once(config.dead_letter.stream.clone()))
+            .collect(),
+        config.nats.request_timeout,
+        metrics.clone(),
+    );
     let provisioning = tokio::spawn(provision(
         config.clone(),
         js.clone(),
         delivery.clone(),
         health.clone(),
+        durability.clone(),
     ));
 
     let stop_http = CancellationToken::new();
@@ -112,6 +126,7 @@ pub async fn run_with_limits(
             publisher: publisher.clone(),
             delivery: delivery.clone(),
             js: js.clone(),
+            durability,
             token: config.api.token.clone(),
         }),
         limits,
@@ -180,6 +195,7 @@ async fn provision(
     js: async_nats::jetstream::Context,
     delivery: Arc<delivery::Delivery>,
     health: Arc<health::Health>,
+    durability: Arc<durability::Checker>,
 ) {
     let mut delay = Duration::from_millis(200);
     let mut attempts = 0u32;
@@ -209,4 +225,6 @@ async fn provision(
     delivery.start().await;
     health.set_provisioned();
     tracing::info!("ready");
+    // SPEC 11: at start, then every minute, until the sidecar stops.
+    durability.watch().await;
 }

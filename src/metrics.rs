@@ -28,6 +28,7 @@ pub struct Metrics {
     pub consumer_ack_pending: IntGaugeVec,
     pub dead_letters_total: IntCounterVec,
     pub endpoint_up: GaugeVec,
+    pub stream_warnings: IntGaugeVec,
 }
 
 impl Metrics {
@@ -134,6 +135,14 @@ impl Metrics {
                 &["subscription"],
             )
             .expect("static metric definition"),
+            stream_warnings: IntGaugeVec::new(
+                Opts::new(
+                    "jetway_stream_warnings",
+                    "Durability warnings of a stream jetway uses (GET /v1/streams)",
+                ),
+                &["stream"],
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -150,6 +159,7 @@ impl Metrics {
             Box::new(m.consumer_ack_pending.clone()),
             Box::new(m.dead_letters_total.clone()),
             Box::new(m.endpoint_up.clone()),
+            Box::new(m.stream_warnings.clone()),
         ];
         for c in collectors {
             m.registry
@@ -235,6 +245,7 @@ mod tests {
         let s = m.subscription("emails");
         s.duration.observe(0.01);
         s.latency.observe(0.01);
+        m.stream_warnings.with_label_values(&["ORDERS"]).set(1);
         let text = m.render();
         for name in [
             "jetway_build_info{version=",
@@ -250,6 +261,7 @@ mod tests {
             "jetway_consumer_ack_pending{subscription=\"emails\"}",
             "jetway_dead_letters_total{reason=\"rejected\",subscription=\"emails\"} 0",
             "jetway_endpoint_up{subscription=\"emails\"}",
+            "jetway_stream_warnings{stream=\"ORDERS\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
