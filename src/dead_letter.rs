@@ -9,8 +9,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::delivery::request::Envelope;
-use crate::delivery::retry::Reason;
+use crate::envelope::{Envelope, Reason};
 
 /// Longest `Jetway-Dlq-Error` value.
 pub const MAX_ERROR_LEN: usize = 1024;

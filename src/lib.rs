@@ -14,6 +14,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod delivery;
 pub mod dev;
+pub mod envelope;
 pub mod error;
 pub mod health;
 pub mod inject;

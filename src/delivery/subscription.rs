@@ -1,0 +1,164 @@
+//! A subscription at run time and what `/v1/subscriptions` shows of it:
+//! its state, its live numbers, and the lag gauges.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::Delivery;
+use crate::config::SubscriptionConfig;
+use crate::metrics::{Metrics, SubscriptionMetrics};
+
+/// How often consumer lag is read for the metrics.
+const LAG_REFRESH: Duration = Duration::from_secs(5);
+
+/// What `/v1/subscriptions` reports as `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Running,
+    Paused,
+    EndpointDown,
+}
+
+/// A subscription at run time.
+pub struct Subscription {
+    pub config: SubscriptionConfig,
+    pub consumer_name: String,
+    pub(super) stream: OnceLock<String>,
+    pub(super) consumer: OnceLock<PullConsumer>,
+    pub(super) paused: watch::Sender<bool>,
+    pub(super) endpoint_up: AtomicBool,
+    pub(super) in_flight: AtomicI64,
+    pub(super) metrics: SubscriptionMetrics,
+    /// `Jetway-Subscription`, built once.
+    pub(super) header: hyper::header::HeaderValue,
+}
+
+impl Subscription {
+    pub(super) fn new(config: SubscriptionConfig, app_id: &str, metrics: &Metrics) -> Self {
+        let metrics = metrics.subscription(&config.name);
+        metrics.endpoint_up.set(1.0);
+        // Names are `[a-z0-9-]+` (checked with the config): a valid value.
+        let header = hyper::header::HeaderValue::from_str(&config.name)
+            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("invalid-name"));
+        Subscription {
+            header,
+            metrics,
+            consumer_name: format!("{app_id}-{}", config.name),
+            config,
+            stream: OnceLock::new(),
+            consumer: OnceLock::new(),
+            paused: watch::Sender::new(false),
+            endpoint_up: AtomicBool::new(true),
+            in_flight: AtomicI64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn stream(&self) -> Option<&str> {
+        self.stream.get().map(String::as_str)
+    }
+}
+
+/// Counts a delivery in flight for as long as it lives.
+pub(super) struct InFlight<'a>(&'a Subscription);
+
+impl<'a> InFlight<'a> {
+    pub(super) fn new(sub: &'a Subscription) -> Self {
+        sub.metrics.in_flight.inc();
+        sub.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(sub)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.dec();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The live view of a subscription for `/v1/subscriptions`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub subject: String,
+    pub stream: Option<String>,
+    pub consumer: String,
+    pub endpoint: String,
+    pub state: State,
+    pub pending: Option<u64>,
+    pub ack_pending: Option<u64>,
+    pub in_flight: i64,
+    pub dead_letters: Option<u64>,
+}
+
+impl Delivery {
+    pub fn state(&self, sub: &Subscription) -> State {
+        if *sub.paused.borrow() {
+            State::Paused
+        } else if !*self.app_healthy.borrow() || !sub.endpoint_up.load(Ordering::SeqCst) {
+            State::EndpointDown
+        } else {
+            State::Running
+        }
+    }
+
+    /// Whether a message may be tried now: not paused, app healthy,
+    /// endpoint reachable.
+    pub(super) fn deliverable(&self, sub: &Subscription) -> bool {
+        !*sub.paused.borrow()
+            && *self.app_healthy.borrow()
+            && sub.endpoint_up.load(Ordering::SeqCst)
+    }
+
+    /// Live numbers of one subscription.
+    pub async fn status(&self, sub: &Subscription) -> Status {
+        let info = match sub.consumer.get() {
+            Some(c) => c.get_info().await.ok(),
+            None => None,
+        };
+        Status {
+            name: sub.name().to_string(),
+            subject: sub.config.subject.clone(),
+            stream: sub.stream().map(str::to_string),
+            consumer: sub.consumer_name.clone(),
+            endpoint: sub.config.endpoint.to_string(),
+            state: self.state(sub),
+            pending: info.as_ref().map(|i| i.num_pending),
+            ack_pending: info.as_ref().map(|i| i.num_ack_pending as u64),
+            in_flight: sub.in_flight.load(Ordering::SeqCst),
+            dead_letters: self.dead_letters.count(sub.name()).await.ok(),
+        }
+    }
+
+    /// Keeps the lag gauges current.
+    pub(super) async fn refresh_lag(self: Arc<Self>) {
+        loop {
+            for sub in &self.subscriptions {
+                if let Some(consumer) = sub.consumer.get() {
+                    if let Ok(info) = consumer.get_info().await {
+                        sub.metrics
+                            .pending
+                            .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                        sub.metrics
+                            .ack_pending
+                            .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LAG_REFRESH) => {}
+                _ = self.stop.cancelled() => return,
+            }
+        }
+    }
+}
