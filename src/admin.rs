@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 
 use crate::dead_letter::{self, DlqError};
-use crate::delivery::{Delivery, Subscription};
+use crate::delivery::{Delivery, ProvisionError, Subscription};
 use crate::error::ApiError;
 use crate::subject;
 
@@ -57,6 +57,21 @@ pub async fn resume(
 ) -> Result<Response, ApiError> {
     let sub = find(&delivery, &name)?;
     delivery.resume(sub);
+    Ok(Json(delivery.status(sub).await).into_response())
+}
+
+/// `POST /v1/subscriptions/{name}/reset`: deletes the subscription's
+/// consumer and creates it anew from the subscription (so from `deliver`),
+/// which resolves a `config_conflict`.
+pub async fn reset(
+    State(delivery): State<Arc<Delivery>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let sub = find(&delivery, &name)?;
+    delivery.reset(sub).await.map_err(|e| match e {
+        ProvisionError::NoStream { subject, .. } => ApiError::NoStream(subject),
+        ProvisionError::Consumer { .. } => ApiError::NatsUnavailable(e.to_string()),
+    })?;
     Ok(Json(delivery.status(sub).await).into_response())
 }
 

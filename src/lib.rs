@@ -84,7 +84,7 @@ pub async fn run(
         metrics.clone(),
         health.clone(),
     ));
-    let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone());
+    let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone(), health.clone());
 
     let provisioning = tokio::spawn(provision(
         config.clone(),

@@ -3,8 +3,15 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{
+    self,
+    consumer::{self, pull, AckPolicy, DeliverPolicy},
+    context::ConsumerInfoErrorKind,
+    stream::ConsumerErrorKind,
+    ErrorCode,
+};
 
+use super::subscription::Consumer;
 use super::{Delivery, Subscription};
 use crate::config::{Deliver, SubscriptionConfig};
 use crate::subject;
@@ -96,74 +103,299 @@ impl Delivery {
             })
     }
 
-    /// Creates every missing consumer; reuses existing ones (replicas of
-    /// the app share them). Safe to call again after a failure.
+    /// Puts every subscription's consumer in place: creates a missing one,
+    /// updates an existing one in place where the server allows it, and
+    /// marks a subscription `config_conflict` where it does not (nothing is
+    /// delivered for it until the conflict is resolved). Replicas of the app
+    /// share the consumer. Safe to call again after a failure.
     pub async fn provision(&self) -> Result<(), ProvisionError> {
+        let filter_updatable = filter_updatable(&self.js.client().server_info().version);
         for sub in &self.subscriptions {
-            if sub.consumer.get().is_some() {
+            if matches!(*sub.consumer.borrow(), Consumer::Ready(_)) {
                 continue;
             }
-            let stream_name = self.resolve_stream(sub).await?;
-            let err = |message: String| ProvisionError::Consumer {
-                subscription: sub.name().to_string(),
-                message,
-            };
-            let stream = self
-                .js
-                .get_stream_no_info(&stream_name)
-                .await
-                .map_err(|e| err(format!("stream {stream_name}: {e}")))?;
-            let wanted = consumer_config(&sub.config, &sub.consumer_name);
-            let consumer = match stream
-                .get_consumer::<pull::Config>(&sub.consumer_name)
-                .await
-            {
-                Ok(mut existing) => {
-                    let info = existing
-                        .info()
-                        .await
-                        .map_err(|e| err(format!("consumer info: {e}")))?
-                        .clone();
-                    if info.config.filter_subject != wanted.filter_subject {
-                        tracing::warn!(
-                            subscription = sub.name(),
-                            consumer = %sub.consumer_name,
-                            server = %info.config.filter_subject,
-                            config = %wanted.filter_subject,
-                            "consumer exists with another filter subject; jetway uses it as it is"
-                        );
-                    }
-                    if info.config.ack_wait != wanted.ack_wait
-                        || info.config.max_ack_pending != wanted.max_ack_pending
-                        || info.config.max_deliver != wanted.max_deliver
-                    {
-                        // Only updatable fields change; where it starts stays.
-                        let update = pull::Config {
-                            deliver_policy: info.config.deliver_policy,
-                            filter_subject: info.config.filter_subject.clone(),
-                            ..wanted.clone()
-                        };
-                        match stream.create_consumer(update).await {
-                            Ok(updated) => updated,
-                            Err(e) => {
-                                tracing::warn!(subscription = sub.name(), error = %e, "cannot update the consumer's ack settings; using it as it is");
-                                existing
-                            }
-                        }
-                    } else {
-                        existing
-                    }
-                }
-                Err(_) => stream.create_consumer(wanted).await.map_err(|e| {
-                    err(format!("cannot create consumer {}: {e}", sub.consumer_name))
-                })?,
-            };
-            let _ = sub.stream.set(stream_name);
-            let _ = sub.consumer.set(consumer);
-            tracing::info!(subscription = sub.name(), consumer = %sub.consumer_name, "consumer ready");
+            let stream = self.stream_of(sub).await?;
+            let state = self.reconcile(sub, &stream, filter_updatable).await?;
+            self.set_consumer(sub, state);
         }
         Ok(())
     }
+
+    /// The subscription's stream, resolved once.
+    async fn stream_of(
+        &self,
+        sub: &Subscription,
+    ) -> Result<jetstream::stream::Stream<()>, ProvisionError> {
+        let name = match sub.stream() {
+            Some(name) => name.to_string(),
+            None => {
+                let name = self.resolve_stream(sub).await?;
+                let _ = sub.stream.set(name.clone());
+                name
+            }
+        };
+        self.js
+            .get_stream_no_info(&name)
+            .await
+            .map_err(|e| consumer_error(sub, format!("stream {name}: {e}")))
+    }
+
+    /// Compares the consumer on the server with the one the subscription
+    /// asks for and acts on the difference.
+    async fn reconcile(
+        &self,
+        sub: &Subscription,
+        stream: &jetstream::stream::Stream<()>,
+        filter_updatable: bool,
+    ) -> Result<Consumer, ProvisionError> {
+        let wanted = consumer_config(&sub.config, &sub.consumer_name);
+        let existing = match stream.consumer_info(&sub.consumer_name).await {
+            Ok(info) => info.config,
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+                let created = stream.create_consumer(wanted).await.map_err(|e| {
+                    consumer_error(
+                        sub,
+                        format!("cannot create consumer {}: {e}", sub.consumer_name),
+                    )
+                })?;
+                tracing::info!(subscription = sub.name(), consumer = %sub.consumer_name, "consumer created");
+                return Ok(Consumer::Ready(Box::new(created)));
+            }
+            Err(e) => {
+                return Err(consumer_error(
+                    sub,
+                    format!("consumer {}: {e}", sub.consumer_name),
+                ))
+            }
+        };
+        match compare(&existing, &wanted, filter_updatable) {
+            Comparison::Same => {
+                let consumer = stream
+                    .get_consumer::<pull::Config>(&sub.consumer_name)
+                    .await
+                    .map_err(|e| consumer_error(sub, format!("consumer: {e}")))?;
+                tracing::info!(subscription = sub.name(), consumer = %sub.consumer_name, "consumer ready");
+                Ok(Consumer::Ready(Box::new(consumer)))
+            }
+            Comparison::Conflict(differences) => {
+                Ok(self.conflict(sub, describe(&differences, "cannot be changed in place")))
+            }
+            Comparison::Update(changes) => match stream.create_consumer(wanted).await {
+                Ok(updated) => {
+                    for c in &changes {
+                        tracing::info!(
+                            subscription = sub.name(),
+                            consumer = %sub.consumer_name,
+                            field = c.field,
+                            old = %c.old,
+                            new = %c.new,
+                            "consumer updated in place"
+                        );
+                    }
+                    Ok(Consumer::Ready(Box::new(updated)))
+                }
+                // The server refused the change: what it cannot update is a
+                // conflict, whatever its version.
+                Err(e) if matches!(e.kind(), ConsumerErrorKind::JetStream(_)) => Ok(self.conflict(
+                    sub,
+                    format!(
+                        "{} (the server refused the update: {e})",
+                        describe(&changes, "differ")
+                    ),
+                )),
+                Err(e) => Err(consumer_error(
+                    sub,
+                    format!("cannot update consumer {}: {e}", sub.consumer_name),
+                )),
+            },
+        }
+    }
+
+    /// Logs a conflict with what resolves it and returns the state.
+    fn conflict(&self, sub: &Subscription, what: String) -> Consumer {
+        let stream = sub.stream().unwrap_or("?");
+        tracing::error!(
+            subscription = sub.name(),
+            stream,
+            consumer = %sub.consumer_name,
+            "consumer {} on stream {stream}: {what}; nothing is delivered for subscription {} \
+             until this is resolved: delete the consumer to start it anew from `deliver` \
+             (`nats consumer rm {stream} {}` or `POST /v1/subscriptions/{}/reset`), \
+             or restore the subscription's old config",
+            sub.consumer_name,
+            sub.name(),
+            sub.consumer_name,
+            sub.name(),
+        );
+        Consumer::Conflict(what)
+    }
+
+    /// Records the consumer state and what `/readyz` says of it.
+    pub(super) fn set_consumer(&self, sub: &Subscription, state: Consumer) {
+        let blocked = match &state {
+            Consumer::Conflict(what) => Some(format!(
+                "subscription {}: consumer config conflict: {what}",
+                sub.name()
+            )),
+            _ => None,
+        };
+        self.health.set_blocked(sub.name(), blocked);
+        sub.consumer.send_replace(state);
+    }
+
+    /// Deletes the subscription's consumer and creates it anew from the
+    /// subscription (so from `deliver`): resolves a `config_conflict`.
+    pub async fn reset(&self, sub: &Subscription) -> Result<(), ProvisionError> {
+        let stream = self.stream_of(sub).await?;
+        match stream.delete_consumer(&sub.consumer_name).await {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ConsumerErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
+                {}
+            Err(e) => {
+                return Err(consumer_error(
+                    sub,
+                    format!("cannot delete consumer {}: {e}", sub.consumer_name),
+                ))
+            }
+        }
+        let wanted = consumer_config(&sub.config, &sub.consumer_name);
+        match stream.create_consumer(wanted).await {
+            Ok(created) => {
+                tracing::warn!(subscription = sub.name(), consumer = %sub.consumer_name, "consumer reset: deleted and created anew from `deliver`");
+                self.set_consumer(sub, Consumer::Ready(Box::new(created)));
+                Ok(())
+            }
+            Err(e) => {
+                self.set_consumer(sub, Consumer::Missing);
+                Err(consumer_error(
+                    sub,
+                    format!("cannot create consumer {}: {e}", sub.consumer_name),
+                ))
+            }
+        }
+    }
+}
+
+fn consumer_error(sub: &Subscription, message: String) -> ProvisionError {
+    ProvisionError::Consumer {
+        subscription: sub.name().to_string(),
+        message,
+    }
+}
+
+/// Whether a server of this version updates a consumer's filter subject in
+/// place (2.10 and later). An unknown version is tried; a refusal is then
+/// taken as a conflict.
+pub fn filter_updatable(version: &str) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (2, 10),
+        _ => true,
+    }
+}
+
+/// One field that differs between the consumer on the server and the one
+/// the subscription asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub field: &'static str,
+    pub old: String,
+    pub new: String,
+}
+
+/// What to do with an existing consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Comparison {
+    Same,
+    /// Every difference can be updated in place.
+    Update(Vec<Difference>),
+    /// These differences cannot be; nothing is changed.
+    Conflict(Vec<Difference>),
+}
+
+/// Compares the consumer on the server with the wanted one.
+pub fn compare(
+    existing: &consumer::Config,
+    wanted: &pull::Config,
+    filter_updatable: bool,
+) -> Comparison {
+    let mut fixed = Vec::new();
+    let mut updatable = Vec::new();
+    let mut differ = |field, old: String, new: String, can_update: bool| {
+        if old != new {
+            let d = Difference { field, old, new };
+            if can_update {
+                updatable.push(d);
+            } else {
+                fixed.push(d);
+            }
+        }
+    };
+    differ(
+        "deliver_policy",
+        format!("{:?}", existing.deliver_policy),
+        format!("{:?}", wanted.deliver_policy),
+        false,
+    );
+    differ(
+        "ack_policy",
+        format!("{:?}", existing.ack_policy),
+        format!("{:?}", wanted.ack_policy),
+        false,
+    );
+    differ(
+        "filter_subject",
+        existing.filter_subject.clone(),
+        wanted.filter_subject.clone(),
+        filter_updatable,
+    );
+    differ(
+        "max_ack_pending",
+        existing.max_ack_pending.to_string(),
+        wanted.max_ack_pending.to_string(),
+        true,
+    );
+    differ(
+        "ack_wait",
+        format!("{:?}", existing.ack_wait),
+        format!("{:?}", wanted.ack_wait),
+        true,
+    );
+    differ(
+        "max_deliver",
+        existing.max_deliver.to_string(),
+        wanted.max_deliver.to_string(),
+        true,
+    );
+    differ(
+        "description",
+        existing.description.clone().unwrap_or_default(),
+        wanted.description.clone().unwrap_or_default(),
+        true,
+    );
+    if !fixed.is_empty() {
+        Comparison::Conflict(fixed)
+    } else if !updatable.is_empty() {
+        Comparison::Update(updatable)
+    } else {
+        Comparison::Same
+    }
+}
+
+fn describe(differences: &[Difference], verdict: &str) -> String {
+    let list: Vec<String> = differences
+        .iter()
+        .map(|d| {
+            format!(
+                "{} is {} on the server, {} in the subscription",
+                d.field, d.old, d.new
+            )
+        })
+        .collect();
+    format!("{} ({verdict})", list.join("; "))
 }
 
 #[cfg(test)]
@@ -186,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn consumer_limits_follow_from_the_subscription() {
+    fn consumer_limits_follow_from_the_subscription() {
         assert_eq!(max_ack_pending(&sub(true, 16, Duration::from_secs(10))), 1);
         assert_eq!(
             max_ack_pending(&sub(false, 16, Duration::from_secs(10))),
@@ -212,5 +444,95 @@ mod tests {
         assert_eq!(c.durable_name.as_deref(), Some("app-s"));
         assert_eq!(c.max_deliver, -1);
         assert_eq!(c.filter_subject, "a.>");
+    }
+
+    #[test]
+    fn filter_is_updatable_from_2_10() {
+        for (version, want) in [
+            ("2.9.10", false),
+            ("2.9.25", false),
+            ("v2.9.0", false),
+            ("1.4.0", false),
+            ("2.10.0", true),
+            ("2.15.1", true),
+            ("2.11.0-beta.1", true),
+            ("3.0.0", true),
+            ("", true),
+            ("garbage", true),
+        ] {
+            assert_eq!(filter_updatable(version), want, "{version:?}");
+        }
+    }
+
+    fn existing(sub: &SubscriptionConfig) -> consumer::Config {
+        let wanted = consumer_config(sub, "app-s");
+        consumer::Config {
+            durable_name: wanted.durable_name.clone(),
+            description: wanted.description.clone(),
+            filter_subject: wanted.filter_subject.clone(),
+            ack_policy: wanted.ack_policy,
+            ack_wait: wanted.ack_wait,
+            max_deliver: wanted.max_deliver,
+            max_ack_pending: wanted.max_ack_pending,
+            deliver_policy: wanted.deliver_policy,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn what_differs_is_updated_or_a_conflict() {
+        let ten = Duration::from_secs(10);
+        let base = sub(false, 4, ten);
+        let same = existing(&base);
+        let wanted = |s: &SubscriptionConfig| consumer_config(s, "app-s");
+        assert_eq!(compare(&same, &wanted(&base), false), Comparison::Same);
+
+        let mut more = base.clone();
+        more.concurrency = 32;
+        match compare(&same, &wanted(&more), false) {
+            Comparison::Update(d) => {
+                assert_eq!(d.len(), 1);
+                assert_eq!(
+                    (d[0].field, d[0].old.as_str(), d[0].new.as_str()),
+                    ("max_ack_pending", "1000", "2048")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut ordered = base.clone();
+        ordered.ordered = true;
+        assert!(matches!(
+            compare(&same, &wanted(&ordered), false),
+            Comparison::Update(d) if d[0].field == "max_ack_pending" && d[0].new == "1"
+        ));
+
+        let mut slower = base.clone();
+        slower.timeout = Duration::from_secs(40);
+        assert!(matches!(
+            compare(&same, &wanted(&slower), false),
+            Comparison::Update(d) if d[0].field == "ack_wait"
+        ));
+
+        let mut other_subject = base.clone();
+        other_subject.subject = "b.>".into();
+        assert!(matches!(
+            compare(&same, &wanted(&other_subject), true),
+            Comparison::Update(d) if d[0].field == "filter_subject" && d[0].old == "a.>"
+        ));
+        assert!(matches!(
+            compare(&same, &wanted(&other_subject), false),
+            Comparison::Conflict(d) if d.len() == 1 && d[0].field == "filter_subject"
+        ));
+
+        let mut new_only = more.clone();
+        new_only.deliver = Deliver::New;
+        match compare(&same, &wanted(&new_only), true) {
+            Comparison::Conflict(d) => {
+                assert_eq!(d.len(), 1, "only what cannot be updated: {d:?}");
+                assert_eq!(d[0].field, "deliver_policy");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

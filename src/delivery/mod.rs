@@ -35,9 +35,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AppConfig, Config};
 use crate::dead_letter::DeadLetters;
+use crate::health::Health;
 use crate::metrics::Metrics;
 
-pub use consumer::{ack_wait, consumer_config, max_ack_pending, ProvisionError};
+pub use consumer::{
+    ack_wait, compare, consumer_config, filter_updatable, max_ack_pending, Comparison, Difference,
+    ProvisionError,
+};
 pub use replay::Replayed;
 pub use subscription::{State, Status, Subscription};
 
@@ -65,6 +69,8 @@ pub fn http_client() -> HttpClient {
 pub struct Delivery {
     subscriptions: Vec<Arc<Subscription>>,
     js: jetstream::Context,
+    /// Where a subscription that cannot run says so to `/readyz`.
+    health: Arc<Health>,
     http: HttpClient,
     app: AppConfig,
     configured_streams: Vec<crate::config::StreamConfig>,
@@ -78,7 +84,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(config: &Config, js: jetstream::Context, metrics: Metrics) -> Arc<Delivery> {
+    pub fn new(
+        config: &Config,
+        js: jetstream::Context,
+        metrics: Metrics,
+        health: Arc<Health>,
+    ) -> Arc<Delivery> {
         let subscriptions = config
             .subscriptions
             .iter()
@@ -92,6 +103,7 @@ impl Delivery {
                 config.app_id.clone(),
             ),
             js,
+            health,
             http: http_client(),
             app: config.app.clone(),
             configured_streams: config.streams.clone(),

@@ -23,6 +23,29 @@ pub enum State {
     Running,
     Paused,
     EndpointDown,
+    /// The consumer on the server differs from the subscription in a way
+    /// the server cannot update; nothing is delivered until resolved.
+    ConfigConflict,
+}
+
+/// The subscription's durable consumer as jetway knows it.
+#[derive(Clone)]
+pub(super) enum Consumer {
+    /// Not in place yet.
+    Missing,
+    /// Boxed: a consumer handle carries its whole info.
+    Ready(Box<PullConsumer>),
+    /// What differs and cannot be changed in place.
+    Conflict(String),
+}
+
+impl Consumer {
+    pub(super) fn ready(&self) -> Option<&PullConsumer> {
+        match self {
+            Consumer::Ready(c) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 /// A subscription at run time.
@@ -30,7 +53,7 @@ pub struct Subscription {
     pub config: SubscriptionConfig,
     pub consumer_name: String,
     pub(super) stream: OnceLock<String>,
-    pub(super) consumer: OnceLock<PullConsumer>,
+    pub(super) consumer: watch::Sender<Consumer>,
     pub(super) paused: watch::Sender<bool>,
     pub(super) endpoint_up: AtomicBool,
     pub(super) in_flight: AtomicI64,
@@ -52,7 +75,7 @@ impl Subscription {
             consumer_name: format!("{app_id}-{}", config.name),
             config,
             stream: OnceLock::new(),
-            consumer: OnceLock::new(),
+            consumer: watch::Sender::new(Consumer::Missing),
             paused: watch::Sender::new(false),
             endpoint_up: AtomicBool::new(true),
             in_flight: AtomicI64::new(0),
@@ -103,7 +126,9 @@ pub struct Status {
 
 impl Delivery {
     pub fn state(&self, sub: &Subscription) -> State {
-        if *sub.paused.borrow() {
+        if matches!(*sub.consumer.borrow(), Consumer::Conflict(_)) {
+            State::ConfigConflict
+        } else if *sub.paused.borrow() {
             State::Paused
         } else if !*self.app_healthy.borrow() || !sub.endpoint_up.load(Ordering::SeqCst) {
             State::EndpointDown
@@ -122,7 +147,9 @@ impl Delivery {
 
     /// Live numbers of one subscription.
     pub async fn status(&self, sub: &Subscription) -> Status {
-        let info = match sub.consumer.get() {
+        // Cloned out: no borrow of the watch is held across the await.
+        let consumer = sub.consumer.borrow().ready().cloned();
+        let info = match consumer {
             Some(c) => c.get_info().await.ok(),
             None => None,
         };
@@ -144,7 +171,8 @@ impl Delivery {
     pub(super) async fn refresh_lag(self: Arc<Self>) {
         loop {
             for sub in &self.subscriptions {
-                if let Some(consumer) = sub.consumer.get() {
+                let consumer = sub.consumer.borrow().ready().cloned();
+                if let Some(consumer) = consumer {
                     if let Ok(info) = consumer.get_info().await {
                         sub.metrics
                             .pending

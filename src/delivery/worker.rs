@@ -25,7 +25,19 @@ impl Delivery {
     /// The worker of one subscription: pull as many as may be held, hand
     /// each message to its own task.
     pub(super) async fn run(self: Arc<Self>, sub: Arc<Subscription>) {
-        let Some(consumer) = sub.consumer.get().cloned() else {
+        // Nothing is pulled before the consumer is in place, nor while its
+        // config conflicts with the subscription's.
+        let consumer = {
+            let mut state = sub.consumer.subscribe();
+            tokio::select! {
+                ready = state.wait_for(|c| c.ready().is_some()) => match ready {
+                    Ok(c) => c.ready().cloned(),
+                    Err(_) => None,
+                },
+                _ = self.stop.cancelled() => None,
+            }
+        };
+        let Some(consumer) = consumer else {
             return;
         };
         // Slots bound the requests at the app; holds (in the puller) bound
