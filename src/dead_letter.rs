@@ -181,6 +181,16 @@ impl DeadLetters {
             .map_err(|e| DlqError::Stream(e.to_string()))
     }
 
+    /// The last sequence of the dead-letter stream (0 when empty).
+    pub async fn last_sequence(&self) -> Result<u64, DlqError> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| DlqError::Stream(e.to_string()))?;
+        Ok(stream.cached_info().state.last_sequence)
+    }
+
     /// The dead letter at `seq` if it belongs to `subscription`.
     pub async fn get(&self, subscription: &str, seq: u64) -> Result<StreamMessage, DlqError> {
         let msg = self

@@ -32,6 +32,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{AppConfig, Config};
 use crate::dead_letter::DeadLetters;
@@ -42,7 +43,7 @@ pub use consumer::{
     ack_wait, compare, consumer_config, filter_updatable, max_ack_pending, Comparison, Difference,
     ProvisionError,
 };
-pub use replay::Replayed;
+pub use replay::{Replayed, Selection};
 pub use subscription::{State, Status, Subscription};
 
 /// Delay of the NAK that hands back a message this sidecar cannot deliver
@@ -81,6 +82,8 @@ pub struct Delivery {
     /// The grace period is over: hand back what is still in flight.
     abort: CancellationToken,
     workers: Mutex<JoinSet<()>>,
+    /// Replays under way, each in a task no HTTP connection owns.
+    replays: TaskTracker,
 }
 
 impl Delivery {
@@ -113,6 +116,7 @@ impl Delivery {
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             workers: Mutex::new(JoinSet::new()),
+            replays: TaskTracker::new(),
         })
     }
 
@@ -142,8 +146,12 @@ impl Delivery {
     pub async fn shutdown(&self, grace: Duration) {
         self.stop.cancel();
         let mut workers = self.workers.lock().await;
+        // Replays stop taking dead letters on `stop` too; theirs in flight
+        // get the same grace.
+        self.replays.close();
         let drained = tokio::time::timeout(grace, async {
             while workers.join_next().await.is_some() {}
+            self.replays.wait().await;
         })
         .await;
         if drained.is_err() {
@@ -153,6 +161,7 @@ impl Delivery {
             );
             self.abort.cancel();
             while workers.join_next().await.is_some() {}
+            self.replays.wait().await;
         }
     }
 

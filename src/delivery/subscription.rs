@@ -58,6 +58,8 @@ pub struct Subscription {
     pub(super) endpoint_up: AtomicBool,
     pub(super) in_flight: AtomicI64,
     pub(super) metrics: SubscriptionMetrics,
+    /// Held by the replay under way: one at a time per subscription.
+    pub(super) replay_lock: tokio::sync::Mutex<()>,
     /// `Jetway-Subscription`, built once.
     pub(super) header: hyper::header::HeaderValue,
 }
@@ -79,6 +81,7 @@ impl Subscription {
             paused: watch::Sender::new(false),
             endpoint_up: AtomicBool::new(true),
             in_flight: AtomicI64::new(0),
+            replay_lock: tokio::sync::Mutex::new(()),
         }
     }
 
