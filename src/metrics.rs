@@ -28,6 +28,7 @@ pub struct Metrics {
     pub consumer_ack_pending: IntGaugeVec,
     pub dead_letters_total: IntCounterVec,
     pub endpoint_up: GaugeVec,
+    pub consumer_recreated_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -134,6 +135,14 @@ impl Metrics {
                 &["subscription"],
             )
             .expect("static metric definition"),
+            consumer_recreated_total: IntCounterVec::new(
+                Opts::new(
+                    "jetway_consumer_recreated_total",
+                    "Durable consumers found gone and created again",
+                ),
+                &["subscription"],
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -150,6 +159,7 @@ impl Metrics {
             Box::new(m.consumer_ack_pending.clone()),
             Box::new(m.dead_letters_total.clone()),
             Box::new(m.endpoint_up.clone()),
+            Box::new(m.consumer_recreated_total.clone()),
         ];
         for c in collectors {
             m.registry
@@ -195,6 +205,7 @@ impl Metrics {
             pending: self.consumer_pending.with_label_values(&s),
             ack_pending: self.consumer_ack_pending.with_label_values(&s),
             endpoint_up: self.endpoint_up.with_label_values(&s),
+            recreated: self.consumer_recreated_total.with_label_values(&s),
         }
     }
 }
@@ -213,6 +224,7 @@ pub struct SubscriptionMetrics {
     pub pending: IntGauge,
     pub ack_pending: IntGauge,
     pub endpoint_up: Gauge,
+    pub recreated: IntCounter,
 }
 
 impl Default for Metrics {
@@ -250,6 +262,7 @@ mod tests {
             "jetway_consumer_ack_pending{subscription=\"emails\"}",
             "jetway_dead_letters_total{reason=\"rejected\",subscription=\"emails\"} 0",
             "jetway_endpoint_up{subscription=\"emails\"}",
+            "jetway_consumer_recreated_total{subscription=\"emails\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -353,3 +353,92 @@ async fn concurrency_ordered_and_timeout_changes_update_the_consumer() {
     }
     assert_eq!(endpoint.count(), 3, "each event delivered once");
 }
+
+async fn metric(run: &Running, name: &str, sub: &str) -> f64 {
+    let text = run
+        .http
+        .get(format!("http://{}/metrics", run.metrics))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    metric_value(&text, name, &[("subscription", sub)]).unwrap_or(0.0)
+}
+
+async fn post(run: &Running, path: &str) {
+    let r = run
+        .http
+        .post(format!("http://{}{path}", run.api))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200, "{path}");
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_is_created_again_after_the_last_acked_sequence() {
+    let nats = Nats::start();
+    let js = nats.client().await;
+    let endpoint = Endpoint::ok().await;
+    let yaml = config_yaml(
+        &nats,
+        &format!(
+            "subscriptions:\n{}",
+            subscription("orders", "orders.>", &endpoint, "")
+        ),
+    );
+    let run = Running::start(&yaml).await;
+    wait_ready(run.metrics).await;
+    let mut last = 0;
+    for _ in 0..3 {
+        last = publish(&js, "orders.x").await;
+    }
+    endpoint.wait_for(3).await;
+    wait_acked(&js, "test-orders", last).await;
+    // Held back (pending, or handed back by a pull already open), so
+    // jetway's next look at the consumer, which this waits for, sees the
+    // ack floor at the third and one not done.
+    post(&run, "/v1/subscriptions/orders/pause").await;
+    let fourth = publish(&js, "orders.x").await;
+    eventually("jetway saw the ack floor", || async {
+        let pending = metric(&run, "jetway_consumer_pending", "orders").await;
+        let ack_pending = metric(&run, "jetway_consumer_ack_pending", "orders").await;
+        (pending + ack_pending == 1.0).then_some(())
+    })
+    .await;
+
+    js.get_stream("ORDERS")
+        .await
+        .expect("stream")
+        .delete_consumer("test-orders")
+        .await
+        .expect("delete consumer");
+    eventually("consumer created again", || async {
+        (metric(&run, "jetway_consumer_recreated_total", "orders").await == 1.0).then_some(())
+    })
+    .await;
+    let info = consumer(&js, "test-orders").await;
+    assert_eq!(
+        info.config.deliver_policy,
+        jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: fourth
+        }
+    );
+    post(&run, "/v1/subscriptions/orders/resume").await;
+    let fifth = publish(&js, "orders.x").await;
+    endpoint.wait_for(5).await;
+    wait_acked(&js, "test-orders", fifth).await;
+    let by_key = endpoint.by_key();
+    assert_eq!(by_key.len(), 5, "{by_key:?}");
+    assert!(by_key.values().all(|n| *n == 1), "each once: {by_key:?}");
+    run.wait_state("orders", "running").await;
+    run.stop().await;
+
+    // Its new start is jetway's own: no conflict at the next start.
+    let again = Running::start(&yaml).await;
+    wait_ready(again.metrics).await;
+    again.wait_state("orders", "running").await;
+    again.stop().await;
+}

@@ -45,11 +45,21 @@ pub(super) fn deliver_policy(d: &Deliver) -> DeliverPolicy {
     }
 }
 
+/// The description of a consumer jetway created again after it was lost:
+/// it starts where the old one was, not at `deliver`, and is not a conflict.
+pub(super) fn recreated_description(sub: &SubscriptionConfig) -> String {
+    format!("{}; created again after it was lost", description(sub))
+}
+
+fn description(sub: &SubscriptionConfig) -> String {
+    format!("jetway subscription {}", sub.name)
+}
+
 /// The consumer jetway wants for a subscription.
 pub fn consumer_config(sub: &SubscriptionConfig, name: &str) -> pull::Config {
     pull::Config {
         durable_name: Some(name.to_string()),
-        description: Some(format!("jetway subscription {}", sub.name)),
+        description: Some(description(sub)),
         filter_subject: sub.subject.clone(),
         ack_policy: AckPolicy::Explicit,
         ack_wait: ack_wait(sub),
@@ -334,12 +344,20 @@ pub fn compare(
             }
         }
     };
-    differ(
-        "deliver_policy",
-        format!("{:?}", existing.deliver_policy),
-        format!("{:?}", wanted.deliver_policy),
-        false,
-    );
+    // A consumer jetway created again after a loss starts where the lost
+    // one was: its start and description are jetway's, not a change.
+    let recreated = match (&existing.description, &wanted.description) {
+        (Some(old), Some(new)) => *old == format!("{new}; created again after it was lost"),
+        _ => false,
+    };
+    if !recreated {
+        differ(
+            "deliver_policy",
+            format!("{:?}", existing.deliver_policy),
+            format!("{:?}", wanted.deliver_policy),
+            false,
+        );
+    }
     differ(
         "ack_policy",
         format!("{:?}", existing.ack_policy),
@@ -370,12 +388,14 @@ pub fn compare(
         wanted.max_deliver.to_string(),
         true,
     );
-    differ(
-        "description",
-        existing.description.clone().unwrap_or_default(),
-        wanted.description.clone().unwrap_or_default(),
-        true,
-    );
+    if !recreated {
+        differ(
+            "description",
+            existing.description.clone().unwrap_or_default(),
+            wanted.description.clone().unwrap_or_default(),
+            true,
+        );
+    }
     if !fixed.is_empty() {
         Comparison::Conflict(fixed)
     } else if !updatable.is_empty() {
@@ -523,6 +543,16 @@ mod tests {
         assert!(matches!(
             compare(&same, &wanted(&other_subject), false),
             Comparison::Conflict(d) if d.len() == 1 && d[0].field == "filter_subject"
+        ));
+
+        let mut recreated = existing(&base);
+        recreated.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence: 42 };
+        recreated.description = Some(recreated_description(&base));
+        assert_eq!(compare(&recreated, &wanted(&base), false), Comparison::Same);
+        recreated.description = Some("someone else's".into());
+        assert!(matches!(
+            compare(&recreated, &wanted(&base), false),
+            Comparison::Conflict(d) if d[0].field == "deliver_policy"
         ));
 
         let mut new_only = more.clone();

@@ -15,6 +15,7 @@ mod attempt;
 mod consumer;
 mod endpoint;
 mod puller;
+mod recovery;
 mod replay;
 pub mod request;
 pub mod retry;

@@ -1,11 +1,12 @@
 //! A subscription at run time and what `/v1/subscriptions` shows of it:
 //! its state, its live numbers, and the lag gauges.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -26,6 +27,9 @@ pub enum State {
     /// The consumer on the server differs from the subscription in a way
     /// the server cannot update; nothing is delivered until resolved.
     ConfigConflict,
+    /// The consumer disappeared from the server; jetway is creating it
+    /// again.
+    ConsumerLost,
 }
 
 /// The subscription's durable consumer as jetway knows it.
@@ -37,6 +41,8 @@ pub(super) enum Consumer {
     Ready(Box<PullConsumer>),
     /// What differs and cannot be changed in place.
     Conflict(String),
+    /// Gone from the server; being created again.
+    Lost,
 }
 
 impl Consumer {
@@ -57,6 +63,8 @@ pub struct Subscription {
     pub(super) paused: watch::Sender<bool>,
     pub(super) endpoint_up: AtomicBool,
     pub(super) in_flight: AtomicI64,
+    /// The consumer's ack floor (stream sequence) at the last look.
+    pub(super) acked: AtomicU64,
     pub(super) metrics: SubscriptionMetrics,
     /// Held by the replay under way: one at a time per subscription.
     pub(super) replay_lock: tokio::sync::Mutex<()>,
@@ -81,6 +89,7 @@ impl Subscription {
             paused: watch::Sender::new(false),
             endpoint_up: AtomicBool::new(true),
             in_flight: AtomicI64::new(0),
+            acked: AtomicU64::new(0),
             replay_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -131,6 +140,8 @@ impl Delivery {
     pub fn state(&self, sub: &Subscription) -> State {
         if matches!(*sub.consumer.borrow(), Consumer::Conflict(_)) {
             State::ConfigConflict
+        } else if matches!(*sub.consumer.borrow(), Consumer::Lost) {
+            State::ConsumerLost
         } else if *sub.paused.borrow() {
             State::Paused
         } else if !*self.app_healthy.borrow() || !sub.endpoint_up.load(Ordering::SeqCst) {
@@ -170,20 +181,37 @@ impl Delivery {
         }
     }
 
-    /// Keeps the lag gauges current.
+    /// Keeps the lag gauges current, remembers each consumer's ack floor,
+    /// and notices a consumer that is gone (within `LAG_REFRESH`).
     pub(super) async fn refresh_lag(self: Arc<Self>) {
         loop {
             for sub in &self.subscriptions {
-                let consumer = sub.consumer.borrow().ready().cloned();
-                if let Some(consumer) = consumer {
-                    if let Ok(info) = consumer.get_info().await {
-                        sub.metrics
-                            .pending
-                            .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
-                        sub.metrics
-                            .ack_pending
-                            .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
-                    }
+                let state = sub.consumer.borrow().clone();
+                match state {
+                    Consumer::Ready(consumer) => match consumer.get_info().await {
+                        Ok(info) => {
+                            sub.acked
+                                .fetch_max(info.ack_floor.stream_sequence, Ordering::SeqCst);
+                            sub.metrics
+                                .pending
+                                .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                            sub.metrics
+                                .ack_pending
+                                .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                ConsumerInfoErrorKind::NotFound
+                                    | ConsumerInfoErrorKind::StreamNotFound
+                            ) =>
+                        {
+                            self.recover(sub).await
+                        }
+                        Err(_) => {}
+                    },
+                    Consumer::Lost => self.recover(sub).await,
+                    Consumer::Missing | Consumer::Conflict(_) => {}
                 }
             }
             tokio::select! {
