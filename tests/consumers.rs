@@ -1,8 +1,9 @@
 //! The consumer is jetway's own (SPEC section 4, issue 19): a subscription
 //! changed between runs updates its consumer in place where the server
 //! allows it, and is a `config_conflict` where it does not, until
-//! `POST /v1/subscriptions/{name}/reset`. Version-specific tests read
-//! `NATS_SERVER_BIN`'s version and assert what that server does.
+//! `POST /v1/subscriptions/{name}/reset`. Whether a filter can change in
+//! place depends on the server: the filter test first asks the server it
+//! runs on (`NATS_SERVER_BIN`) and asserts the matching behaviour.
 mod common;
 use common::*;
 
@@ -175,11 +176,44 @@ fn subjects(endpoint: &Endpoint) -> Vec<String> {
         .collect()
 }
 
+/// Whether this server changes a durable consumer's filter in place, asked
+/// on a stream of its own.
+async fn server_changes_filters(js: &jetstream::Context) -> bool {
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "PROBE".into(),
+            subjects: vec!["probe.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let config = |filter: &str| jetstream::consumer::pull::Config {
+        durable_name: Some("c".into()),
+        filter_subject: filter.into(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config("probe.a"))
+        .await
+        .expect("create");
+    let changed = stream.create_consumer(config("probe.b")).await.is_ok();
+    let filter = stream
+        .consumer_info("c")
+        .await
+        .expect("info")
+        .config
+        .filter_subject;
+    assert_eq!(changed, filter == "probe.b", "answer and state agree");
+    changed
+}
+
 #[tokio::test]
-async fn filter_change_updates_in_place_on_2_10_and_is_a_conflict_on_2_9() {
+async fn filter_change_updates_in_place_or_is_a_conflict_as_the_server_allows() {
     let version = server_version();
     let nats = Nats::start();
     let js = nats.client().await;
+    let updatable = server_changes_filters(&js).await;
     let endpoint = Endpoint::ok().await;
     let control = Endpoint::ok().await;
     let control_sub = subscription("control", "orders.>", &control, "");
@@ -205,8 +239,8 @@ async fn filter_change_updates_in_place_on_2_10_and_is_a_conflict_on_2_9() {
         ),
     ))
     .await;
-    if version >= (2, 10) {
-        eprintln!("nats-server {version:?}: the filter is updated in place");
+    if updatable {
+        eprintln!("nats-server {version:?} changes filters: updated in place");
         wait_ready(second.metrics).await;
         let info = consumer(&js, "test-orders").await;
         assert_eq!(info.config.filter_subject, "orders.paid");
@@ -219,7 +253,7 @@ async fn filter_change_updates_in_place_on_2_10_and_is_a_conflict_on_2_9() {
         let status = second.wait_state("orders", "running").await;
         assert_eq!(status["subject"], "orders.paid");
     } else {
-        eprintln!("nats-server {version:?}: a filter change is a config conflict");
+        eprintln!("nats-server {version:?} refuses filter changes: a config conflict");
         let status = second.wait_state("orders", "config_conflict").await;
         assert_eq!(status["pending"], Value::Null);
         let (code, body) = eventually("readyz answers", || second.readyz()).await;
@@ -441,4 +475,58 @@ async fn a_deleted_consumer_is_created_again_after_the_last_acked_sequence() {
     wait_ready(again.metrics).await;
     again.wait_state("orders", "running").await;
     again.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_stream_is_created_again_with_its_consumer() {
+    let nats = Nats::start();
+    let js = nats.client().await;
+    let endpoint = Endpoint::ok().await;
+    let run = Running::start(&config_yaml(
+        &nats,
+        &format!(
+            "subscriptions:\n{}",
+            subscription("orders", "orders.>", &endpoint, "")
+        ),
+    ))
+    .await;
+    wait_ready(run.metrics).await;
+    publish(&js, "orders.x").await;
+    endpoint.wait_for(1).await;
+
+    js.delete_stream("ORDERS").await.expect("delete stream");
+    eventually("consumer created again", || async {
+        (metric(&run, "jetway_consumer_recreated_total", "orders").await == 1.0).then_some(())
+    })
+    .await;
+    // The stream starts over; its consumer starts from `deliver` (all).
+    let info = consumer(&js, "test-orders").await;
+    assert_eq!(
+        info.config.deliver_policy,
+        jetstream::consumer::DeliverPolicy::All
+    );
+    let seq = publish(&js, "orders.y").await;
+    assert_eq!(seq, 1, "a new stream");
+    endpoint.wait_for(2).await;
+    wait_acked(&js, "test-orders", seq).await;
+    assert_eq!(subjects(&endpoint), ["orders.x", "orders.y"]);
+    run.wait_state("orders", "running").await;
+    run.stop().await;
+}
+
+/// SPEC 4 expects 2.9 servers to refuse a filter change; 2.9.10, like 2.15.1,
+/// changes it. This pins what the servers the tests run on do, so a server
+/// that behaves otherwise shows here first.
+#[tokio::test]
+async fn servers_from_2_9_10_change_a_filter_in_place() {
+    let version = server_version();
+    let nats = Nats::start();
+    let js = nats.client().await;
+    let changed = server_changes_filters(&js).await;
+    eprintln!("nats-server {version:?} changes a filter in place: {changed}");
+    assert!(
+        version >= (2, 9),
+        "tests run on 2.9.10 and later: {version:?}"
+    );
+    assert!(changed, "nats-server {version:?} refused a filter change");
 }

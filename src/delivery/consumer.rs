@@ -119,13 +119,12 @@ impl Delivery {
     /// delivered for it until the conflict is resolved). Replicas of the app
     /// share the consumer. Safe to call again after a failure.
     pub async fn provision(&self) -> Result<(), ProvisionError> {
-        let filter_updatable = filter_updatable(&self.js.client().server_info().version);
         for sub in &self.subscriptions {
             if matches!(*sub.consumer.borrow(), Consumer::Ready(_)) {
                 continue;
             }
             let stream = self.stream_of(sub).await?;
-            let state = self.reconcile(sub, &stream, filter_updatable).await?;
+            let state = self.reconcile(sub, &stream).await?;
             self.set_consumer(sub, state);
         }
         Ok(())
@@ -156,7 +155,6 @@ impl Delivery {
         &self,
         sub: &Subscription,
         stream: &jetstream::stream::Stream<()>,
-        filter_updatable: bool,
     ) -> Result<Consumer, ProvisionError> {
         let wanted = consumer_config(&sub.config, &sub.consumer_name);
         let existing = match stream.consumer_info(&sub.consumer_name).await {
@@ -178,7 +176,7 @@ impl Delivery {
                 ))
             }
         };
-        match compare(&existing, &wanted, filter_updatable) {
+        match compare(&existing, &wanted) {
             Comparison::Same => {
                 let consumer = stream
                     .get_consumer::<pull::Config>(&sub.consumer_name)
@@ -204,8 +202,8 @@ impl Delivery {
                     }
                     Ok(Consumer::Ready(Box::new(updated)))
                 }
-                // The server refused the change: what it cannot update is a
-                // conflict, whatever its version.
+                // The server refused the change (a filter on a server that
+                // cannot change one): a conflict, never used silently.
                 Err(e) if matches!(e.kind(), ConsumerErrorKind::JetStream(_)) => Ok(self.conflict(
                     sub,
                     format!(
@@ -293,20 +291,6 @@ fn consumer_error(sub: &Subscription, message: String) -> ProvisionError {
     }
 }
 
-/// Whether a server of this version updates a consumer's filter subject in
-/// place (2.10 and later). An unknown version is tried; a refusal is then
-/// taken as a conflict.
-pub fn filter_updatable(version: &str) -> bool {
-    let mut parts = version
-        .trim_start_matches('v')
-        .split(['.', '-'])
-        .map(|p| p.parse::<u64>());
-    match (parts.next(), parts.next()) {
-        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (2, 10),
-        _ => true,
-    }
-}
-
 /// One field that differs between the consumer on the server and the one
 /// the subscription asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,12 +310,13 @@ pub enum Comparison {
     Conflict(Vec<Difference>),
 }
 
-/// Compares the consumer on the server with the wanted one.
-pub fn compare(
-    existing: &consumer::Config,
-    wanted: &pull::Config,
-    filter_updatable: bool,
-) -> Comparison {
+/// Compares the consumer on the server with the wanted one. Where it
+/// starts (deliver policy) and its ack policy are never changed in place;
+/// the rest is asked of the server, whose refusal is then a conflict (a
+/// filter on a server that cannot change one). nats-server 2.9.10 and 2.15.1
+/// both change a filter in place, so the server is asked rather than its
+/// version read.
+pub fn compare(existing: &consumer::Config, wanted: &pull::Config) -> Comparison {
     let mut fixed = Vec::new();
     let mut updatable = Vec::new();
     let mut differ = |field, old: String, new: String, can_update: bool| {
@@ -368,7 +353,7 @@ pub fn compare(
         "filter_subject",
         existing.filter_subject.clone(),
         wanted.filter_subject.clone(),
-        filter_updatable,
+        true,
     );
     differ(
         "max_ack_pending",
@@ -466,24 +451,6 @@ mod tests {
         assert_eq!(c.filter_subject, "a.>");
     }
 
-    #[test]
-    fn filter_is_updatable_from_2_10() {
-        for (version, want) in [
-            ("2.9.10", false),
-            ("2.9.25", false),
-            ("v2.9.0", false),
-            ("1.4.0", false),
-            ("2.10.0", true),
-            ("2.15.1", true),
-            ("2.11.0-beta.1", true),
-            ("3.0.0", true),
-            ("", true),
-            ("garbage", true),
-        ] {
-            assert_eq!(filter_updatable(version), want, "{version:?}");
-        }
-    }
-
     fn existing(sub: &SubscriptionConfig) -> consumer::Config {
         let wanted = consumer_config(sub, "app-s");
         consumer::Config {
@@ -505,11 +472,11 @@ mod tests {
         let base = sub(false, 4, ten);
         let same = existing(&base);
         let wanted = |s: &SubscriptionConfig| consumer_config(s, "app-s");
-        assert_eq!(compare(&same, &wanted(&base), false), Comparison::Same);
+        assert_eq!(compare(&same, &wanted(&base)), Comparison::Same);
 
         let mut more = base.clone();
         more.concurrency = 32;
-        match compare(&same, &wanted(&more), false) {
+        match compare(&same, &wanted(&more)) {
             Comparison::Update(d) => {
                 assert_eq!(d.len(), 1);
                 assert_eq!(
@@ -523,41 +490,37 @@ mod tests {
         let mut ordered = base.clone();
         ordered.ordered = true;
         assert!(matches!(
-            compare(&same, &wanted(&ordered), false),
+            compare(&same, &wanted(&ordered)),
             Comparison::Update(d) if d[0].field == "max_ack_pending" && d[0].new == "1"
         ));
 
         let mut slower = base.clone();
         slower.timeout = Duration::from_secs(40);
         assert!(matches!(
-            compare(&same, &wanted(&slower), false),
+            compare(&same, &wanted(&slower)),
             Comparison::Update(d) if d[0].field == "ack_wait"
         ));
 
         let mut other_subject = base.clone();
         other_subject.subject = "b.>".into();
         assert!(matches!(
-            compare(&same, &wanted(&other_subject), true),
+            compare(&same, &wanted(&other_subject)),
             Comparison::Update(d) if d[0].field == "filter_subject" && d[0].old == "a.>"
-        ));
-        assert!(matches!(
-            compare(&same, &wanted(&other_subject), false),
-            Comparison::Conflict(d) if d.len() == 1 && d[0].field == "filter_subject"
         ));
 
         let mut recreated = existing(&base);
         recreated.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence: 42 };
         recreated.description = Some(recreated_description(&base));
-        assert_eq!(compare(&recreated, &wanted(&base), false), Comparison::Same);
+        assert_eq!(compare(&recreated, &wanted(&base)), Comparison::Same);
         recreated.description = Some("someone else's".into());
         assert!(matches!(
-            compare(&recreated, &wanted(&base), false),
+            compare(&recreated, &wanted(&base)),
             Comparison::Conflict(d) if d[0].field == "deliver_policy"
         ));
 
         let mut new_only = more.clone();
         new_only.deliver = Deliver::New;
-        match compare(&same, &wanted(&new_only), true) {
+        match compare(&same, &wanted(&new_only)) {
             Comparison::Conflict(d) => {
                 assert_eq!(d.len(), 1, "only what cannot be updated: {d:?}");
                 assert_eq!(d[0].field, "deliver_policy");

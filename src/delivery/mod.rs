@@ -41,8 +41,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 
 pub use consumer::{
-    ack_wait, compare, consumer_config, filter_updatable, max_ack_pending, Comparison, Difference,
-    ProvisionError,
+    ack_wait, compare, consumer_config, max_ack_pending, Comparison, Difference, ProvisionError,
 };
 pub use replay::{Replayed, Selection};
 pub use subscription::{State, Status, Subscription};
