@@ -78,10 +78,13 @@ impl Delivery {
         selection: Selection,
         client_gone: CancellationToken,
     ) -> Result<Replayed, DlqError> {
+        // Cancellation first: a replay asked for during shutdown, or whose
+        // client is already gone, takes nothing.
         let _one_at_a_time = tokio::select! {
-            lock = sub.replay_lock.lock() => lock,
+            biased;
             _ = client_gone.cancelled() => return Err(DlqError::Stream("client went away".into())),
             _ = self.stop.cancelled() => return Err(DlqError::Stream("shutting down".into())),
+            lock = sub.replay_lock.lock() => lock,
         };
         let slots = Arc::new(Semaphore::new(sub.config.effective_concurrency()));
         let in_flight = TaskTracker::new();
@@ -141,9 +144,10 @@ impl Delivery {
         };
         let slot = || async {
             tokio::select! {
-                slot = slots.clone().acquire_owned() => slot.ok(),
+                biased;
                 _ = client_gone.cancelled() => None,
                 _ = self.stop.cancelled() => None,
+                slot = slots.clone().acquire_owned() => slot.ok(),
             }
         };
         let limit = match selection {
