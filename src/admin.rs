@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 
 use crate::dead_letter::{self, DlqError};
-use crate::delivery::{Delivery, Subscription};
+use crate::delivery::{Delivery, ProvisionError, Selection, Subscription};
 use crate::error::ApiError;
 use crate::publish::Publisher;
 use crate::subject;
@@ -58,6 +58,21 @@ pub async fn resume(
 ) -> Result<Response, ApiError> {
     let sub = find(&delivery, &name)?;
     delivery.resume(sub);
+    Ok(Json(delivery.status(sub).await).into_response())
+}
+
+/// `POST /v1/subscriptions/{name}/reset`: deletes the subscription's
+/// consumer and creates it anew from the subscription (so from `deliver`),
+/// which resolves a `config_conflict`.
+pub async fn reset(
+    State(delivery): State<Arc<Delivery>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let sub = find(&delivery, &name)?;
+    delivery.reset(sub).await.map_err(|e| match e {
+        ProvisionError::NoStream { subject, .. } => ApiError::NoStream(subject),
+        ProvisionError::Consumer { .. } => ApiError::NatsUnavailable(e.to_string()),
+    })?;
     Ok(Json(delivery.status(sub).await).into_response())
 }
 
@@ -111,6 +126,7 @@ pub async fn list_dead_letters(
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     sequences: Option<Vec<u64>>,
+    limit: Option<usize>,
 }
 
 /// `POST /v1/dead-letters/{subscription}/replay`.
@@ -122,11 +138,25 @@ pub async fn replay_dead_letters(
     let request: ReplayRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
         ReplayRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("expected {{\"sequences\":[...]}}: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "expected {{\"sequences\":[...]}} or {{\"limit\":N}}: {e}"
+            ))
+        })?
+    };
+    let selection = match (request.sequences, request.limit) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give `sequences` or `limit`, not both".into(),
+            ))
+        }
+        (Some(sequences), None) => Selection::Sequences(sequences),
+        (None, Some(0)) => return Err(ApiError::BadRequest("`limit` must be at least 1".into())),
+        (None, Some(n)) => Selection::Limit(n),
+        (None, None) => Selection::All,
     };
     let sub = find(&delivery, &name)?;
-    let result = delivery.replay(sub, request.sequences).await?;
+    let result = delivery.replay(sub, selection).await?;
     Ok(Json(result).into_response())
 }
 

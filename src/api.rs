@@ -238,6 +238,7 @@ pub fn router(state: ApiState) -> Api {
         .route("/v1/subscriptions", get(admin::list_subscriptions))
         .route("/v1/subscriptions/{name}/pause", post(admin::pause))
         .route("/v1/subscriptions/{name}/resume", post(admin::resume))
+        .route("/v1/subscriptions/{name}/reset", post(admin::reset))
         .route(
             "/v1/dead-letters/{subscription}",
             get(admin::list_dead_letters),

@@ -9,8 +9,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::delivery::request::Envelope;
-use crate::delivery::retry::Reason;
+use crate::envelope::{Envelope, Reason};
 
 /// Longest `Jetway-Dlq-Error` value.
 pub const MAX_ERROR_LEN: usize = 1024;
@@ -180,6 +179,16 @@ impl DeadLetters {
             .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| DlqError::Stream(e.to_string()))
+    }
+
+    /// The last sequence of the dead-letter stream (0 when empty).
+    pub async fn last_sequence(&self) -> Result<u64, DlqError> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| DlqError::Stream(e.to_string()))?;
+        Ok(stream.cached_info().state.last_sequence)
     }
 
     /// The dead letter at `seq` if it belongs to `subscription`.

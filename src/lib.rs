@@ -15,6 +15,7 @@ pub mod dead_letter;
 pub mod delivery;
 pub mod dev;
 pub mod durability;
+pub mod envelope;
 pub mod error;
 pub mod health;
 pub mod inject;
@@ -97,7 +98,7 @@ pub async fn run_with_limits(
         metrics.clone(),
         health.clone(),
     ));
-    let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone());
+    let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone(), health.clone());
 
     let durability = durability::Checker::new(
         js.clone(),

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub dead_letters_total: IntCounterVec,
     pub endpoint_up: GaugeVec,
     pub stream_warnings: IntGaugeVec,
+    pub consumer_recreated_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -143,6 +144,14 @@ impl Metrics {
                 &["stream"],
             )
             .expect("static metric definition"),
+            consumer_recreated_total: IntCounterVec::new(
+                Opts::new(
+                    "jetway_consumer_recreated_total",
+                    "Durable consumers found gone and created again",
+                ),
+                &["subscription"],
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -160,6 +169,7 @@ impl Metrics {
             Box::new(m.dead_letters_total.clone()),
             Box::new(m.endpoint_up.clone()),
             Box::new(m.stream_warnings.clone()),
+            Box::new(m.consumer_recreated_total.clone()),
         ];
         for c in collectors {
             m.registry
@@ -205,6 +215,7 @@ impl Metrics {
             pending: self.consumer_pending.with_label_values(&s),
             ack_pending: self.consumer_ack_pending.with_label_values(&s),
             endpoint_up: self.endpoint_up.with_label_values(&s),
+            recreated: self.consumer_recreated_total.with_label_values(&s),
         }
     }
 }
@@ -223,6 +234,7 @@ pub struct SubscriptionMetrics {
     pub pending: IntGauge,
     pub ack_pending: IntGauge,
     pub endpoint_up: Gauge,
+    pub recreated: IntCounter,
 }
 
 impl Default for Metrics {
@@ -262,6 +274,7 @@ mod tests {
             "jetway_dead_letters_total{reason=\"rejected\",subscription=\"emails\"} 0",
             "jetway_endpoint_up{subscription=\"emails\"}",
             "jetway_stream_warnings{stream=\"ORDERS\"} 1",
+            "jetway_consumer_recreated_total{subscription=\"emails\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

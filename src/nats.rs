@@ -166,7 +166,7 @@ pub fn jetstream(client: Client, config: &Config) -> jetstream::Context {
         .build(client)
 }
 
-fn wanted_stream(s: &StreamConfig) -> stream::Config {
+pub fn wanted_stream(s: &StreamConfig) -> stream::Config {
     stream::Config {
         name: s.name.clone(),
         subjects: s.subjects.clone(),
@@ -250,7 +250,7 @@ pub fn stream_differences(wanted: &stream::Config, existing: &stream::Config) ->
 
 /// Creates a stream when missing; an existing one is never changed, only
 /// reported when it differs.
-async fn ensure_stream(
+pub async fn ensure_stream(
     js: &jetstream::Context,
     wanted: stream::Config,
 ) -> Result<(), ProvisionError> {

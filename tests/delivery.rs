@@ -851,7 +851,10 @@ async fn replay_delivers_to_that_subscription_only() {
     broken.store(false, Ordering::SeqCst);
     let (code, answer) = api.post("/v1/dead-letters/s1/replay", None).await;
     assert_eq!(code, 200, "{answer}");
-    assert_eq!(answer, json!({ "replayed": 2, "failed": 0 }));
+    assert_eq!(
+        answer,
+        json!({ "replayed": 2, "failed": 0, "remaining": 0 })
+    );
     let replayed = &s1_endpoint.received()[2..];
     assert_eq!(replayed.len(), 2, "each delivered once more");
     let keys: HashSet<String> = replayed
@@ -925,7 +928,10 @@ async fn replay_delivers_to_that_subscription_only() {
         )
         .await;
     assert_eq!(code, 200, "{answer}");
-    assert_eq!(answer, json!({ "replayed": 0, "failed": 1 }));
+    assert_eq!(
+        answer,
+        json!({ "replayed": 0, "failed": 1, "remaining": 1 })
+    );
     let items = api.dead_letters("s1").await;
     assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(items[0]["attempts"], 2);

@@ -13,31 +13,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::{Secret, SigningSecret};
+use crate::envelope::Envelope;
 use crate::publish::headers::is_valid_traceparent;
-
-/// A message on its way to an endpoint, from a consumer or a dead letter.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub subject: String,
-    pub stream: String,
-    pub sequence: u64,
-    /// 1 on the first attempt.
-    pub attempt: u64,
-    pub published: OffsetDateTime,
-    pub headers: async_nats::HeaderMap,
-    pub payload: Bytes,
-}
-
-impl Envelope {
-    /// The stored message id, else `<stream>:<seq>`: the same on every
-    /// attempt and on replay, so receivers can drop repeats.
-    pub fn idempotency_key(&self) -> String {
-        match self.headers.get("Nats-Msg-Id") {
-            Some(id) if !id.as_str().is_empty() => id.as_str().to_string(),
-            _ => format!("{}:{}", self.stream, self.sequence),
-        }
-    }
-}
 
 /// Whether a stored header goes to the endpoint as it is. NATS control
 /// headers and jetway's own are not passed through.

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::config::RetryPolicy;
+pub use crate::envelope::Reason;
 
 /// What happened when jetway POSTed a message to the endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,24 +21,6 @@ pub enum Outcome {
     Refused,
     /// The connection broke or the answer was not HTTP.
     Failed,
-}
-
-/// Why a message went to the dead-letter stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// The endpoint answered a status outside `retry_on`.
-    Rejected,
-    /// `max_attempts` attempts failed.
-    Exhausted,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Rejected => "rejected",
-            Reason::Exhausted => "exhausted",
-        }
-    }
 }
 
 /// What to do with the message.

@@ -1,0 +1,233 @@
+//! One attempt: the POST (`call`), the decision on its outcome
+//! (`retry::classify`), and settling the message accordingly: ack, delayed
+//! NAK, or dead letter then terminate.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, message::AckKind};
+use http_body_util::BodyExt;
+use time::OffsetDateTime;
+
+use super::request::{self, Target};
+use super::retry::{self, Action, Outcome};
+use super::{Delivery, Subscription, HAND_BACK_DELAY};
+use crate::dead_letter::{self, Failure};
+use crate::envelope::{Envelope, Reason};
+
+/// Most bytes of a response body read (the first KiB goes into dead letters).
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// What one attempt produced, for the decision and the dead letter.
+pub(super) struct Attempt {
+    pub(super) outcome: Outcome,
+    pub(super) status: Option<u16>,
+    pub(super) error: String,
+}
+
+impl Delivery {
+    /// Acts on the outcome of an attempt: ack after a 2xx, a delayed NAK
+    /// for a retry, the dead letter (then terminate) when given up.
+    pub(super) async fn settle(
+        &self,
+        sub: &Subscription,
+        msg: &jetstream::Message,
+        env: &Envelope,
+        attempt: Attempt,
+    ) {
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        let action = retry::classify(&attempt.outcome, env.attempt, &sub.config.retry, jitter);
+        let name = sub.name();
+        match action {
+            Action::Ack => {
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(subscription = name, seq = env.sequence, error = %e, "ack failed; the message will be redelivered");
+                }
+                sub.metrics.success.inc();
+                let latency = (OffsetDateTime::now_utc() - env.published).as_seconds_f64();
+                sub.metrics.latency.observe(latency.max(0.0));
+            }
+            Action::Retry(delay) => {
+                tracing::debug!(subscription = name, seq = env.sequence, attempt = env.attempt, ?delay, error = %attempt.error, "delivery failed; retrying later");
+                nak(msg, Some(delay)).await;
+                sub.metrics.retry.inc();
+            }
+            Action::EndpointDown => {
+                self.set_endpoint_up(sub, false);
+                nak(msg, Some(HAND_BACK_DELAY)).await;
+                sub.metrics.retry.inc();
+            }
+            Action::DeadLetter(reason) => {
+                let failure = Failure {
+                    reason,
+                    status: attempt.status,
+                    error: attempt.error,
+                    attempts: env.attempt,
+                };
+                Box::pin(self.dead_letter(sub, msg, env, failure)).await;
+            }
+        }
+    }
+
+    /// Stores the dead letter, and only after its PubAck terminates the
+    /// original. If the store fails the original is NAKed, never acked.
+    pub(super) async fn dead_letter(
+        &self,
+        sub: &Subscription,
+        msg: &jetstream::Message,
+        env: &Envelope,
+        failure: Failure,
+    ) {
+        let msg_id = format!("{}:{}:{}", env.stream, env.sequence, sub.consumer_name);
+        match self
+            .dead_letters
+            .store(sub.name(), env, &failure, &msg_id)
+            .await
+        {
+            Ok(dlq_seq) => {
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    tracing::warn!(subscription = sub.name(), error = %e, "terminating a dead-lettered message failed; its redelivery will be stored once (same id)");
+                }
+                sub.metrics.dead_letter.inc();
+                match failure.reason {
+                    Reason::Rejected => sub.metrics.rejected.inc(),
+                    Reason::Exhausted => sub.metrics.exhausted.inc(),
+                }
+                tracing::warn!(
+                    subscription = sub.name(),
+                    stream = %env.stream,
+                    seq = env.sequence,
+                    dlq_seq,
+                    reason = failure.reason.as_str(),
+                    attempts = failure.attempts,
+                    "message dead-lettered"
+                );
+            }
+            Err(e) => {
+                tracing::error!(subscription = sub.name(), seq = env.sequence, error = %e, "cannot store dead letter; the message stays in its stream");
+                nak(
+                    msg,
+                    Some(retry::backoff(env.attempt, &sub.config.retry, 0.0)),
+                )
+                .await;
+                sub.metrics.retry.inc();
+            }
+        }
+    }
+
+    /// POSTs the envelope once and reads the answer.
+    pub(super) async fn call(&self, sub: &Subscription, env: &Envelope) -> Attempt {
+        let target = Target {
+            endpoint: &sub.config.endpoint,
+            subscription: &sub.header,
+            signing_secret: sub.config.signing_secret.as_ref(),
+            callback_token: self.app.callback_token.as_ref(),
+        };
+        let request = request::build(env, &target, OffsetDateTime::now_utc(), rand::random());
+        let started = Instant::now();
+        let timeout = sub.config.timeout;
+        let result = tokio::time::timeout(timeout, async {
+            let response = self.http.request(request).await?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+            let body = read_start(response.into_body()).await;
+            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body))
+        })
+        .await;
+        sub.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Err(_) => Attempt {
+                outcome: Outcome::Timeout,
+                status: None,
+                error: format!("no answer within {timeout:?}"),
+            },
+            Ok(Err(e)) if e.is_connect() => Attempt {
+                outcome: Outcome::Refused,
+                status: None,
+                error: format!(
+                    "cannot connect to {}: {}",
+                    sub.config.endpoint,
+                    error_chain(&e)
+                ),
+            },
+            Ok(Err(e)) => Attempt {
+                outcome: Outcome::Failed,
+                status: None,
+                error: format!("request failed: {}", error_chain(&e)),
+            },
+            Ok(Ok((code, retry_after, body))) => Attempt {
+                outcome: Outcome::Status { code, retry_after },
+                status: Some(code),
+                error: if body.is_empty() {
+                    format!("HTTP {code}")
+                } else {
+                    format!("HTTP {code}: {body}")
+                },
+            },
+        }
+    }
+}
+
+/// A NAK, delayed or not; failure only means JetStream redelivers after
+/// the ack wait instead.
+pub(super) async fn nak(msg: &jetstream::Message, delay: Option<Duration>) {
+    if let Err(e) = msg.ack_with(AckKind::Nak(delay)).await {
+        tracing::debug!(error = %e, "nak failed; JetStream redelivers after the ack wait");
+    }
+}
+
+/// The envelope of a pulled message; its headers move into it (acks need
+/// only the reply subject).
+pub(super) fn envelope(msg: &mut jetstream::Message) -> Result<Envelope, async_nats::Error> {
+    let info = msg.info()?;
+    let (stream, sequence, delivered, published) = (
+        info.stream.to_string(),
+        info.stream_sequence,
+        info.delivered,
+        info.published,
+    );
+    Ok(Envelope {
+        subject: msg.subject.to_string(),
+        stream,
+        sequence,
+        attempt: u64::try_from(delivered).unwrap_or(1).max(1),
+        published,
+        headers: msg.message.headers.take().unwrap_or_default(),
+        payload: msg.payload.clone(),
+    })
+}
+
+/// Reads up to `MAX_RESPONSE_BODY` of a response and returns the first KiB
+/// as text (for dead letters).
+pub(super) async fn read_start(mut body: hyper::body::Incoming) -> String {
+    let mut start = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            total += data.len();
+            let room = dead_letter::MAX_ERROR_LEN.saturating_sub(start.len());
+            start.extend_from_slice(&data[..data.len().min(room)]);
+        }
+        if total > MAX_RESPONSE_BODY {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&start).trim().to_string()
+}
+
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,109 @@
+//! A durable consumer that disappears (SPEC section 4): deleted by an
+//! operator or a tool, or lost with its stream. The lag refresh looks the
+//! consumer up every few seconds; when the server no longer knows it, the
+//! subscription is `consumer_lost` until jetway has created it again,
+//! starting after the last acknowledged stream sequence it saw, so nothing
+//! stored is skipped and little is repeated.
+
+use std::sync::atomic::Ordering;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+
+use super::consumer::{consumer_config, recreated_description};
+use super::subscription::Consumer;
+use super::{Delivery, Subscription};
+use crate::nats;
+
+impl Delivery {
+    /// Marks the subscription `consumer_lost` and tries to create its
+    /// consumer again; on failure it stays lost and the next refresh tries
+    /// again.
+    pub(super) async fn recover(&self, sub: &Subscription) {
+        let acked = sub.acked.load(Ordering::SeqCst);
+        if !matches!(*sub.consumer.borrow(), Consumer::Lost) {
+            tracing::error!(
+                subscription = sub.name(),
+                consumer = %sub.consumer_name,
+                stream = sub.stream().unwrap_or("?"),
+                acked,
+                "the durable consumer is gone (deleted, or lost with its stream); creating it again after the last acknowledged stream sequence"
+            );
+            self.set_consumer(sub, Consumer::Lost);
+        }
+        let Some(stream_name) = sub.stream().map(str::to_string) else {
+            return;
+        };
+        let stream_recreated = match self.recreate_stream(sub, &stream_name).await {
+            Ok(recreated) => recreated,
+            Err(e) => {
+                tracing::warn!(subscription = sub.name(), stream = %stream_name, error = %e, "cannot put the stream back yet; retrying");
+                return;
+            }
+        };
+        let mut wanted = consumer_config(&sub.config, &sub.consumer_name);
+        // A stream created anew starts over at sequence 1: its consumer
+        // starts from `deliver`.
+        if acked > 0 && !stream_recreated {
+            wanted.deliver_policy = DeliverPolicy::ByStartSequence {
+                start_sequence: acked + 1,
+            };
+            wanted.description = Some(recreated_description(&sub.config));
+        }
+        let created = match self.js.get_stream_no_info(&stream_name).await {
+            Ok(stream) => stream
+                .create_consumer(wanted)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match created {
+            Ok(consumer) => {
+                sub.metrics.recreated.inc();
+                tracing::warn!(
+                    subscription = sub.name(),
+                    consumer = %sub.consumer_name,
+                    start_after = acked,
+                    "consumer created again"
+                );
+                self.set_consumer(sub, Consumer::Ready(Box::new(consumer)));
+            }
+            Err(e) => {
+                tracing::warn!(subscription = sub.name(), error = %e, "cannot create the lost consumer yet; retrying");
+            }
+        }
+    }
+
+    /// Creates a configured stream that is gone; `true` when it did.
+    async fn recreate_stream(
+        &self,
+        sub: &Subscription,
+        name: &str,
+    ) -> Result<bool, nats::ProvisionError> {
+        let Some(config) = self.configured_streams.iter().find(|s| s.name == name) else {
+            return Ok(false);
+        };
+        match self.js.get_stream(name).await {
+            Ok(_) => Ok(false),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                tracing::error!(
+                    subscription = sub.name(),
+                    stream = name,
+                    "stream {name} is gone, and the events it held with it; creating it again"
+                );
+                nats::ensure_stream(&self.js, nats::wanted_stream(config)).await?;
+                Ok(true)
+            }
+            // Not known to be gone: try again at the next refresh.
+            Err(e) => Err(nats::ProvisionError::Lookup {
+                stream: name.to_string(),
+                source: e,
+            }),
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! A subscription at run time and what `/v1/subscriptions` shows of it:
+//! its state, its live numbers, and the lag gauges.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::Delivery;
+use crate::config::SubscriptionConfig;
+use crate::metrics::{Metrics, SubscriptionMetrics};
+
+/// How often consumer lag is read for the metrics.
+const LAG_REFRESH: Duration = Duration::from_secs(5);
+
+/// What `/v1/subscriptions` reports as `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Running,
+    Paused,
+    EndpointDown,
+    /// The consumer on the server differs from the subscription in a way
+    /// the server cannot update; nothing is delivered until resolved.
+    ConfigConflict,
+    /// The consumer disappeared from the server; jetway is creating it
+    /// again.
+    ConsumerLost,
+}
+
+/// The subscription's durable consumer as jetway knows it.
+#[derive(Clone)]
+pub(super) enum Consumer {
+    /// Not in place yet.
+    Missing,
+    /// Boxed: a consumer handle carries its whole info.
+    Ready(Box<PullConsumer>),
+    /// What differs and cannot be changed in place.
+    Conflict(String),
+    /// Gone from the server; being created again.
+    Lost,
+}
+
+impl Consumer {
+    pub(super) fn ready(&self) -> Option<&PullConsumer> {
+        match self {
+            Consumer::Ready(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// A subscription at run time.
+pub struct Subscription {
+    pub config: SubscriptionConfig,
+    pub consumer_name: String,
+    pub(super) stream: OnceLock<String>,
+    pub(super) consumer: watch::Sender<Consumer>,
+    pub(super) paused: watch::Sender<bool>,
+    pub(super) endpoint_up: AtomicBool,
+    pub(super) in_flight: AtomicI64,
+    /// The consumer's ack floor (stream sequence) at the last look.
+    pub(super) acked: AtomicU64,
+    pub(super) metrics: SubscriptionMetrics,
+    /// Held by the replay under way: one at a time per subscription.
+    pub(super) replay_lock: tokio::sync::Mutex<()>,
+    /// `Jetway-Subscription`, built once.
+    pub(super) header: hyper::header::HeaderValue,
+}
+
+impl Subscription {
+    pub(super) fn new(config: SubscriptionConfig, app_id: &str, metrics: &Metrics) -> Self {
+        let metrics = metrics.subscription(&config.name);
+        metrics.endpoint_up.set(1.0);
+        // Names are `[a-z0-9-]+` (checked with the config): a valid value.
+        let header = hyper::header::HeaderValue::from_str(&config.name)
+            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("invalid-name"));
+        Subscription {
+            header,
+            metrics,
+            consumer_name: format!("{app_id}-{}", config.name),
+            config,
+            stream: OnceLock::new(),
+            consumer: watch::Sender::new(Consumer::Missing),
+            paused: watch::Sender::new(false),
+            endpoint_up: AtomicBool::new(true),
+            in_flight: AtomicI64::new(0),
+            acked: AtomicU64::new(0),
+            replay_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn stream(&self) -> Option<&str> {
+        self.stream.get().map(String::as_str)
+    }
+}
+
+/// Counts a delivery in flight for as long as it lives.
+pub(super) struct InFlight<'a>(&'a Subscription);
+
+impl<'a> InFlight<'a> {
+    pub(super) fn new(sub: &'a Subscription) -> Self {
+        sub.metrics.in_flight.inc();
+        sub.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(sub)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.dec();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The live view of a subscription for `/v1/subscriptions`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub subject: String,
+    pub stream: Option<String>,
+    pub consumer: String,
+    pub endpoint: String,
+    pub state: State,
+    pub pending: Option<u64>,
+    pub ack_pending: Option<u64>,
+    pub in_flight: i64,
+    pub dead_letters: Option<u64>,
+}
+
+impl Delivery {
+    pub fn state(&self, sub: &Subscription) -> State {
+        if matches!(*sub.consumer.borrow(), Consumer::Conflict(_)) {
+            State::ConfigConflict
+        } else if matches!(*sub.consumer.borrow(), Consumer::Lost) {
+            State::ConsumerLost
+        } else if *sub.paused.borrow() {
+            State::Paused
+        } else if !*self.app_healthy.borrow() || !sub.endpoint_up.load(Ordering::SeqCst) {
+            State::EndpointDown
+        } else {
+            State::Running
+        }
+    }
+
+    /// Whether a message may be tried now: not paused, app healthy,
+    /// endpoint reachable.
+    pub(super) fn deliverable(&self, sub: &Subscription) -> bool {
+        !*sub.paused.borrow()
+            && *self.app_healthy.borrow()
+            && sub.endpoint_up.load(Ordering::SeqCst)
+    }
+
+    /// Live numbers of one subscription.
+    pub async fn status(&self, sub: &Subscription) -> Status {
+        // Cloned out: no borrow of the watch is held across the await.
+        let consumer = sub.consumer.borrow().ready().cloned();
+        let info = match consumer {
+            Some(c) => c.get_info().await.ok(),
+            None => None,
+        };
+        Status {
+            name: sub.name().to_string(),
+            subject: sub.config.subject.clone(),
+            stream: sub.stream().map(str::to_string),
+            consumer: sub.consumer_name.clone(),
+            endpoint: sub.config.endpoint.to_string(),
+            state: self.state(sub),
+            pending: info.as_ref().map(|i| i.num_pending),
+            ack_pending: info.as_ref().map(|i| i.num_ack_pending as u64),
+            in_flight: sub.in_flight.load(Ordering::SeqCst),
+            dead_letters: self.dead_letters.count(sub.name()).await.ok(),
+        }
+    }
+
+    /// Keeps the lag gauges current, remembers each consumer's ack floor,
+    /// and notices a consumer that is gone (within `LAG_REFRESH`).
+    pub(super) async fn refresh_lag(self: Arc<Self>) {
+        loop {
+            for sub in &self.subscriptions {
+                let state = sub.consumer.borrow().clone();
+                match state {
+                    Consumer::Ready(consumer) => match consumer.get_info().await {
+                        Ok(info) => {
+                            sub.acked
+                                .fetch_max(info.ack_floor.stream_sequence, Ordering::SeqCst);
+                            sub.metrics
+                                .pending
+                                .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                            sub.metrics
+                                .ack_pending
+                                .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                ConsumerInfoErrorKind::NotFound
+                                    | ConsumerInfoErrorKind::StreamNotFound
+                            ) =>
+                        {
+                            self.recover(sub).await
+                        }
+                        Err(_) => {}
+                    },
+                    Consumer::Lost => self.recover(sub).await,
+                    Consumer::Missing | Consumer::Conflict(_) => {}
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LAG_REFRESH) => {}
+                _ = self.stop.cancelled() => return,
+            }
+        }
+    }
+}
