@@ -770,6 +770,12 @@ const SPEC_METRICS: &[(&str, &str, &[&str])] = &[
     ("jetway_consumer_pending", "gauge", &["subscription"]),
     ("jetway_consumer_ack_pending", "gauge", &["subscription"]),
     (
+        "jetway_consumer_recreated_total",
+        "counter",
+        &["subscription"],
+    ),
+    ("jetway_stream_warnings", "gauge", &["stream"]),
+    (
         "jetway_dead_letters_total",
         "counter",
         &["subscription", "reason"],

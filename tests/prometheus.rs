@@ -273,6 +273,19 @@ async fn dashboard_and_alert_queries_return_data_from_a_real_prometheus() {
     );
 
     let mut nats = Nats::start();
+    // ORDERS made beforehand in memory: jetway uses it as it is, and warns
+    // (memory_storage) on every server version.
+    nats.client()
+        .await
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            duplicate_window: std::time::Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("create ORDERS");
     let ok = Endpoint::ok().await;
     // The first attempt of every message fails: each one is retried once.
     let flaky = Endpoint::start(|r, _| {
@@ -357,6 +370,19 @@ async fn dashboard_and_alert_queries_return_data_from_a_real_prometheus() {
         )
         .await;
 
+    // An operator deletes a consumer: jetway creates it again.
+    nats.client()
+        .await
+        .delete_consumer_from_stream("test-emails", "ORDERS")
+        .await
+        .expect("delete consumer");
+    prometheus
+        .wait_for(r#"sum(jetway_consumer_recreated_total)"#, |v| v >= 1.0)
+        .await;
+    prometheus
+        .wait_for(r#"jetway_stream_warnings{stream="ORDERS"}"#, |v| v >= 1.0)
+        .await;
+
     // NATS goes away: publishes are refused (503, counted `unavailable`).
     nats.stop();
     prometheus
@@ -402,7 +428,7 @@ async fn dashboard_and_alert_queries_return_data_from_a_real_prometheus() {
         })
         .collect();
     let names: Vec<&str> = alerts.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names.len(), 5, "alerts loaded from alerts.yaml: {names:?}");
+    assert_eq!(names.len(), 7, "alerts loaded from alerts.yaml: {names:?}");
 
     // The KEDA trigger sees the lag of the consumer, once.
     let keda = keda_query();
