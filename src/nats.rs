@@ -17,6 +17,13 @@ pub const DLQ_SUBJECTS: &str = "jetway.dlq.>";
 /// The dead letters of app `a`, subscription `s` are `{DLQ_PREFIX}.a.s`.
 pub const DLQ_PREFIX: &str = "jetway.dlq";
 
+/// The inbox prefix of a sidecar's connection: replies to its requests
+/// come here, so its NATS user needs to subscribe to this and no other
+/// inbox (`crate::permissions`).
+pub fn inbox_prefix(app_id: &str) -> String {
+    format!("_INBOX_{app_id}")
+}
+
 /// Failure to set up the NATS client (before any network I/O).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -102,7 +109,7 @@ pub async fn connect(
         .name(format!("jetway-{app_id}"))
         // Its own inboxes, so a least-privilege user can be kept from
         // reading the replies of other apps' sidecars.
-        .custom_inbox_prefix(crate::permissions::inbox_prefix(app_id))
+        .custom_inbox_prefix(inbox_prefix(app_id))
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
         .retry_on_initial_connect()

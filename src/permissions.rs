@@ -10,7 +10,7 @@
 //! this list (see `tests/common`), so it stays true.
 
 use crate::config::Config;
-use crate::nats::DLQ_PREFIX;
+use crate::nats::{inbox_prefix, DLQ_PREFIX};
 use crate::subject;
 
 /// Subjects one NATS user may publish to and subscribe to.
@@ -18,12 +18,6 @@ use crate::subject;
 pub struct Permissions {
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
-}
-
-/// The inbox prefix of a sidecar's connection: replies to its requests
-/// come here, so its user needs to subscribe to this and no other inbox.
-pub fn inbox_prefix(app_id: &str) -> String {
-    format!("_INBOX_{app_id}")
 }
 
 /// What the sidecar of `config` needs.
