@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::publish::{self, Publisher};
+use crate::reads::{self, Reads};
 use crate::subject::SubjectError;
 
 /// What the `/v1` handlers share.
@@ -34,6 +35,7 @@ pub struct ApiState {
     pub publisher: Arc<Publisher>,
     pub delivery: Arc<Delivery>,
     pub js: async_nats::jetstream::Context,
+    pub reads: Arc<Reads>,
     pub token: Option<Secret>,
 }
 
@@ -50,6 +52,12 @@ impl FromRef<Shared> for Arc<Publisher> {
 impl FromRef<Shared> for Arc<Delivery> {
     fn from_ref(Shared(s): &Shared) -> Self {
         s.delivery.clone()
+    }
+}
+
+impl FromRef<Shared> for Arc<Reads> {
+    fn from_ref(Shared(s): &Shared) -> Self {
+        s.reads.clone()
     }
 }
 
@@ -248,6 +256,8 @@ pub fn router(state: ApiState) -> Api {
             get(admin::get_message),
         )
         .route("/v1/subjects/{subject}/last", get(admin::last_message))
+        .route("/v1/subjects/{subject}/messages", get(reads::history))
+        .route("/v1/subjects/{subject}/live", get(reads::live))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(Shared(Arc::new(state)));

@@ -110,6 +110,8 @@ pub struct ApiConfig {
     pub insecure_listen: bool,
     pub max_body: usize,
     pub max_in_flight: usize,
+    /// Live reads open at once before 429 (SPEC section 6).
+    pub max_live: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -1012,6 +1014,7 @@ fn parse_api(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<ApiConfig> {
             "insecure_listen",
             "max_body",
             "max_in_flight",
+            "max_live",
         ],
         p,
     );
@@ -1052,12 +1055,20 @@ fn parse_api(top: &Section<'_>, p: &mut Vec<Problem>) -> Option<ApiConfig> {
             message: format!("must be between 1 and {MAX_IN_FLIGHT_LIMIT}"),
         });
     }
+    let max_live = api.or("max_live", 64, uint, p);
+    if max_live == 0 {
+        p.push(Problem {
+            path: "api.max_live".into(),
+            message: "must be more than 0".into(),
+        });
+    }
     Some(ApiConfig {
         listen,
         token,
         insecure_listen,
         max_body,
         max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
+        max_live: usize::try_from(max_live).unwrap_or(usize::MAX),
     })
 }
 

@@ -26,6 +26,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("subject {0} is not in publish.allow")]
     Forbidden(String),
+    #[error("subject {0} is reserved")]
+    SubjectReserved(String),
     #[error("no stream captures subject {0}")]
     NoStream(String),
     #[error("{message}")]
@@ -37,6 +39,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("too many publishes in flight; retry shortly")]
     Overloaded,
+    #[error("{0} live reads are open (api.max_live); retry shortly")]
+    TooManyLiveReads(usize),
     #[error("request bodies in memory stayed at jetway's limit of {0} bytes (8 x api.max_body) for nats.request_timeout; nothing was read or stored; retry shortly")]
     BodiesOverloaded(usize),
     #[error("{0}")]
@@ -64,10 +68,13 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::SubjectReserved(_) => "subject_reserved",
             ApiError::NoStream(_) => "no_stream",
             ApiError::Conflict { .. } => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::Overloaded | ApiError::BodiesOverloaded(_) => "overloaded",
+            ApiError::Overloaded
+            | ApiError::BodiesOverloaded(_)
+            | ApiError::TooManyLiveReads(_) => "overloaded",
             ApiError::NatsUnavailable(_) => "nats_unavailable",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Timeout(_) => "timeout",
@@ -85,11 +92,13 @@ impl ApiError {
             | ApiError::BatchInvalid(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::SubjectReserved(_) => StatusCode::FORBIDDEN,
             ApiError::NoStream(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded | ApiError::BodiesOverloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded
+            | ApiError::BodiesOverloaded(_)
+            | ApiError::TooManyLiveReads(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NatsUnavailable(_) | ApiError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -110,11 +119,13 @@ impl ApiError {
             | ApiError::NotFound(_)
             | ApiError::MethodNotAllowed => "invalid",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Forbidden(_) | ApiError::SubjectReserved(_) => "forbidden",
             ApiError::NoStream(_) => "no_stream",
             ApiError::Conflict { .. } => "conflict",
             ApiError::PayloadTooLarge(_) => "too_large",
-            ApiError::Overloaded | ApiError::BodiesOverloaded(_) => "overloaded",
+            ApiError::Overloaded
+            | ApiError::BodiesOverloaded(_)
+            | ApiError::TooManyLiveReads(_) => "overloaded",
             ApiError::NatsUnavailable(_) | ApiError::ShuttingDown | ApiError::Internal => {
                 "unavailable"
             }
@@ -188,6 +199,12 @@ mod tests {
                 ApiError::Forbidden("a".into()),
                 403,
                 "forbidden",
+                "forbidden",
+            ),
+            (
+                ApiError::SubjectReserved("$JS.x".into()),
+                403,
+                "subject_reserved",
                 "forbidden",
             ),
             (

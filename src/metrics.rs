@@ -28,6 +28,7 @@ pub struct Metrics {
     pub consumer_ack_pending: IntGaugeVec,
     pub dead_letters_total: IntCounterVec,
     pub endpoint_up: GaugeVec,
+    pub live_reads: IntGauge,
 }
 
 impl Metrics {
@@ -134,6 +135,8 @@ impl Metrics {
                 &["subscription"],
             )
             .expect("static metric definition"),
+            live_reads: IntGauge::new("jetway_live_reads", "Live reads open now")
+                .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -150,6 +153,7 @@ impl Metrics {
             Box::new(m.consumer_ack_pending.clone()),
             Box::new(m.dead_letters_total.clone()),
             Box::new(m.endpoint_up.clone()),
+            Box::new(m.live_reads.clone()),
         ];
         for c in collectors {
             m.registry
@@ -250,6 +254,7 @@ mod tests {
             "jetway_consumer_ack_pending{subscription=\"emails\"}",
             "jetway_dead_letters_total{reason=\"rejected\",subscription=\"emails\"} 0",
             "jetway_endpoint_up{subscription=\"emails\"}",
+            "jetway_live_reads 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
