@@ -6,6 +6,8 @@ mod common;
 
 use common::*;
 
+use std::time::Duration;
+
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -431,4 +433,206 @@ async fn live_reads_are_bounded_and_a_reader_gone_frees_its_consumer() {
     })
     .await;
     s.stop().await;
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The stream sequence the one consumer of ORDERS has delivered up to.
+async fn delivered(js: &async_nats::jetstream::Context) -> Option<u64> {
+    let stream = js.get_stream("ORDERS").await.ok()?;
+    let mut consumers = stream.consumers();
+    let info = consumers.next().await?.ok()?;
+    Some(info.delivered.stream_sequence)
+}
+
+/// What jetway may hold for a reader that reads nothing: the process,
+/// with its one bounded pull batch, stays under this.
+const RSS_BOUND: u64 = 48 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_never_reads_keeps_memory_bounded() {
+    let nats = Nats::start();
+    let mut jetway = Process::spawn(&config_yaml(&nats, ""));
+    jetway.wait_ready().await;
+    let js = nats.client().await;
+    // 64 MiB stored: 1024 events of 64 KiB.
+    const COUNT: u64 = 1024;
+    let body = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+    let mut acks = Vec::new();
+    for i in 0..COUNT {
+        acks.push(
+            js.publish(format!("orders.{}", i % 10), body.clone())
+                .await
+                .expect("publish"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("ack");
+    }
+    let http = reqwest::Client::new();
+    let response = http
+        .get(jetway.url("/v1/subjects/orders.%3E/live?after=0"))
+        .header("Accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("live");
+    assert_eq!(response.status(), 200);
+    // The body is not polled: the client stops reading, the socket fills.
+    eventually("the consumer delivered something", || async {
+        delivered(&js).await.filter(|d| *d > 0)
+    })
+    .await;
+    let mut peak = 0;
+    for _ in 0..30 {
+        peak = peak.max(rss_bytes(jetway.child.id()).expect("rss"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = delivered(&js).await.expect("consumer info");
+    eprintln!("reader that never reads: peak RSS {peak} bytes, {sent} of {COUNT} delivered");
+    assert!(
+        peak <= RSS_BOUND,
+        "jetway's RSS reached {peak} bytes (bound {RSS_BOUND}) while a reader read nothing"
+    );
+    assert!(
+        sent < COUNT / 2,
+        "the consumer ran ahead of the reader: {sent} of {COUNT} delivered"
+    );
+
+    // Reading resumes the flow: every event, in order, none twice.
+    let mut lines = Events::new(response);
+    for want in 1..=COUNT {
+        let m = lines.next_line().await.expect("a message");
+        assert_eq!(m["seq"].as_u64(), Some(want));
+    }
+    assert_eq!(jetway.terminate().await, Some(0));
+}
+
+/// A sidecar binary on fixed ports, so it can be restarted where `jetway
+/// tail` looks for it.
+fn spawn_on(yaml: &str, api: u16, metrics: u16, dir: &std::path::Path) -> std::process::Child {
+    let path = dir.join("jetway.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{yaml}\napi: {{ listen: \"127.0.0.1:{api}\" }}\nmetrics: {{ listen: \"127.0.0.1:{metrics}\" }}\n"
+        ),
+    )
+    .expect("write config");
+    std::process::Command::new(env!("CARGO_BIN_EXE_jetway"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn jetway")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_each_message_and_survives_a_sidecar_restart() {
+    use std::io::BufRead;
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (api, metrics) = (free_port(), free_port());
+    let yaml = config_yaml(&nats, "");
+    let mut sidecar = spawn_on(&yaml, api, metrics, dir.path());
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{metrics}").parse().expect("addr");
+    wait_ready(metrics_addr).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{api}/v1/publish/orders.1");
+    let r = http
+        .post(&url)
+        .header("Content-Type", "application/json")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "1")
+        .header("ce-source", "test")
+        .header("ce-type", "order.created")
+        .header("Idempotency-Key", "key-1")
+        .body("{\"id\":1}")
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(&url)
+        .body(vec![0u8, 1, 2, 255])
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status(), 200);
+
+    let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_jetway"))
+        .args([
+            "tail",
+            "--api",
+            &format!("http://127.0.0.1:{api}"),
+            "--from",
+            "1",
+            "orders.>",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tail");
+    let stdout = tail.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || rx.recv_timeout(DEADLINE).expect("a line from jetway tail");
+    let first = next_line();
+    assert!(first.starts_with("#1 "), "{first}");
+    for part in [
+        " orders.1 ",
+        "application/json",
+        "type=order.created",
+        "key=key-1",
+        "{\"id\":1}",
+    ] {
+        assert!(first.contains(part), "{part} missing in {first}");
+    }
+    let second = next_line();
+    assert!(
+        second.starts_with("#2 ") && second.ends_with(" <4 bytes>"),
+        "{second}"
+    );
+
+    // The sidecar dies and comes back: tail goes on after #2.
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    let mut sidecar = spawn_on(&yaml, api, metrics, dir.path());
+    wait_ready(metrics_addr).await;
+    let r = http.post(&url).body("third").send().await.expect("publish");
+    assert_eq!(r.status(), 200);
+    let third = next_line();
+    assert!(
+        third.starts_with("#3 ") && third.ends_with(" third"),
+        "{third}"
+    );
+
+    signal(tail.id(), "INT");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = tail.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tail did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(rx.try_recv().is_err(), "nothing printed twice");
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
 }
