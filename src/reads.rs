@@ -44,6 +44,9 @@ use crate::subject;
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
+/// Most bytes of bodies one history page holds.
+const PAGE_BYTES: usize = 16 << 20;
+
 /// How often a live read writes a keep-alive (an SSE comment, a blank
 /// NDJSON line) when no message came. SPEC asks for at least every 15 s;
 /// 5 s also makes a write to a reader that went away fail well within the
@@ -333,16 +336,26 @@ pub async fn history_consumer(
     if want == 0 {
         return Ok(Page { items, next: None });
     }
+    // A page holds at most PAGE_BYTES of bodies (or one message, if the
+    // server allows larger ones): `limit` large messages never pile up in
+    // memory; the page is shorter and `next` says where to go on.
+    let max_payload = js.client().server_info().max_payload;
     let mut batch = consumer
         .fetch()
         .max_messages(want)
+        .max_bytes(PAGE_BYTES.max(max_payload))
         .expires(js_timeout())
         .messages()
         .await
         .map_err(|e| err(e.into()))?;
     let mut left = pending;
     while let Some(m) = batch.next().await {
-        let m = m.map_err(err)?;
+        let m = match m {
+            Ok(m) => m,
+            // The byte budget ended the pull: the page is what came.
+            Err(_) if !items.is_empty() => break,
+            Err(e) => return Err(err(e)),
+        };
         let info = m.info().map_err(err)?;
         left = info.pending;
         items.push(StoredMessage::from_consumer(

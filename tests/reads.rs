@@ -636,3 +636,35 @@ async fn tail_prints_each_message_and_survives_a_sidecar_restart() {
     let _ = sidecar.kill();
     let _ = sidecar.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_messages_is_cut_by_bytes_and_goes_on() {
+    let nats = Nats::start();
+    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let js = nats.client().await;
+    // 40 × 900 KiB: more than one page's 16 MiB of bodies.
+    let body = bytes::Bytes::from(vec![b'x'; 900 << 10]);
+    for _ in 0..40 {
+        js.publish("orders.big", body.clone())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let (status, first) = get_json(&s, "/v1/subjects/orders.big/messages?limit=1000").await;
+    assert_eq!(status, 200, "{first}");
+    let mut got = seqs(&first);
+    assert!((1..40).contains(&got.len()), "{} items", got.len());
+    let mut next = first["next"].as_u64();
+    while let Some(after) = next {
+        let (_, page) = get_json(
+            &s,
+            &format!("/v1/subjects/orders.big/messages?limit=1000&after={after}"),
+        )
+        .await;
+        got.extend(seqs(&page));
+        next = page["next"].as_u64();
+    }
+    assert_eq!(got, (1..=40).collect::<Vec<u64>>());
+    s.stop().await;
+}
