@@ -668,3 +668,29 @@ async fn a_page_of_large_messages_is_cut_by_bytes_and_goes_on() {
     assert_eq!(got, (1..=40).collect::<Vec<u64>>());
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_live_read_sends_keepalives() {
+    let nats = Nats::start();
+    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let sse = live(&s, "/v1/subjects/orders.idle/live", &[]).await;
+    let ndjson = live(
+        &s,
+        "/v1/subjects/orders.idle/live",
+        &[("Accept", "application/x-ndjson")],
+    )
+    .await;
+    let mut sse = Events::new(sse);
+    let block = sse.block(b"\n\n").await.expect("a keep-alive");
+    assert!(block.starts_with(':'), "{block:?}");
+    let mut ndjson = Events::new(ndjson);
+    assert_eq!(ndjson.block(b"\n").await.as_deref(), Some(""));
+    // And a message still comes after them.
+    let seq = publish_ok(&s, "orders.idle", b"{}").await;
+    assert_eq!(sse.next().await.map(|e| e.0), Some(seq));
+    assert_eq!(
+        ndjson.next_line().await.and_then(|m| m["seq"].as_u64()),
+        Some(seq)
+    );
+    s.stop().await;
+}
