@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::publish::{self, Publisher};
+use crate::reads::{self, Reads};
 use crate::subject::SubjectError;
 
 /// What the `/v1` handlers share.
@@ -35,6 +36,7 @@ pub struct ApiState {
     pub delivery: Arc<Delivery>,
     pub js: async_nats::jetstream::Context,
     pub durability: Arc<crate::durability::Checker>,
+    pub reads: Arc<Reads>,
     pub token: Option<Secret>,
 }
 
@@ -57,6 +59,12 @@ impl FromRef<Shared> for Arc<Delivery> {
 impl FromRef<Shared> for Arc<crate::durability::Checker> {
     fn from_ref(Shared(s): &Shared) -> Self {
         s.durability.clone()
+    }
+}
+
+impl FromRef<Shared> for Arc<Reads> {
+    fn from_ref(Shared(s): &Shared) -> Self {
+        s.reads.clone()
     }
 }
 
@@ -257,6 +265,8 @@ pub fn router(state: ApiState) -> Api {
         )
         .route("/v1/subjects/{subject}/last", get(admin::last_message))
         .route("/v1/streams", get(crate::durability::list_streams))
+        .route("/v1/subjects/{subject}/messages", get(reads::history))
+        .route("/v1/subjects/{subject}/live", get(reads::live))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(Shared(Arc::new(state)));

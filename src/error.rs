@@ -39,6 +39,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("too many publishes in flight; retry shortly")]
     Overloaded,
+    #[error("{0} live reads are open (api.max_live); retry shortly")]
+    TooManyLiveReads(usize),
     #[error("request bodies in memory stayed at jetway's limit of {0} bytes (8 x api.max_body) for nats.request_timeout; nothing was read or stored; retry shortly")]
     BodiesOverloaded(usize),
     #[error("{0}")]
@@ -73,7 +75,9 @@ impl ApiError {
             ApiError::Conflict { .. } => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::BadGateway(_) => "bad_gateway",
-            ApiError::Overloaded | ApiError::BodiesOverloaded(_) => "overloaded",
+            ApiError::Overloaded
+            | ApiError::BodiesOverloaded(_)
+            | ApiError::TooManyLiveReads(_) => "overloaded",
             ApiError::NatsUnavailable(_) => "nats_unavailable",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Timeout(_) => "timeout",
@@ -96,7 +100,9 @@ impl ApiError {
             ApiError::NoStream(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded | ApiError::BodiesOverloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded
+            | ApiError::BodiesOverloaded(_)
+            | ApiError::TooManyLiveReads(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NatsUnavailable(_) | ApiError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -123,7 +129,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "too_large",
             // Like a 504: sent, and whether it was stored is unknown.
             ApiError::BadGateway(_) => "timeout",
-            ApiError::Overloaded | ApiError::BodiesOverloaded(_) => "overloaded",
+            ApiError::Overloaded
+            | ApiError::BodiesOverloaded(_)
+            | ApiError::TooManyLiveReads(_) => "overloaded",
             ApiError::NatsUnavailable(_) | ApiError::ShuttingDown | ApiError::Internal => {
                 "unavailable"
             }

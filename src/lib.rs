@@ -23,9 +23,11 @@ pub mod metrics;
 pub mod nats;
 pub mod permissions;
 pub mod publish;
+pub mod reads;
 pub mod server;
 pub mod shutdown;
 pub mod subject;
+pub mod tail;
 pub mod telemetry;
 
 use std::future::Future;
@@ -120,6 +122,15 @@ pub async fn run_with_limits(
         durability.clone(),
     ));
 
+    let stop_reads = CancellationToken::new();
+    let reads = Arc::new(reads::Reads::new(
+        js.clone(),
+        &config.streams,
+        &config.dead_letter.stream,
+        config.api.max_live,
+        metrics.clone(),
+        stop_reads.clone(),
+    ));
     let stop_http = CancellationToken::new();
     let api = tokio::spawn(server::serve(
         listeners.api,
@@ -128,6 +139,7 @@ pub async fn run_with_limits(
             delivery: delivery.clone(),
             js: js.clone(),
             durability,
+            reads,
             token: config.api.token.clone(),
         }),
         limits,
@@ -154,6 +166,8 @@ pub async fn run_with_limits(
     shutdown.await;
     tracing::info!("shutting down: no new publishes, draining deliveries");
     health.begin_shutdown();
+    // Live reads end now (readers reconnect with Last-Event-ID elsewhere).
+    stop_reads.cancel();
     provisioning.abort();
     // Publishes already handed to NATS end within request_timeout; the
     // bound also covers a client stalling mid-body.

@@ -68,6 +68,19 @@ enum Command {
     /// Operator commands against a running sidecar (docs/cli.md).
     #[command(flatten)]
     Operator(cli::Operator),
+    /// Print the messages stored on a subject as they arrive (wildcards allowed).
+    Tail {
+        /// The sidecar's API.
+        #[arg(long, env = "JETWAY_CLI_API", default_value = "http://127.0.0.1:4480")]
+        api: String,
+        /// The sidecar's api.token, if set.
+        #[arg(long, env = "JETWAY_CLI_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Start at this stream sequence (inclusive); without it, new messages only.
+        #[arg(long)]
+        from: Option<u64>,
+        subject: String,
+    },
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -150,8 +163,35 @@ fn main() -> ExitCode {
             _,
         ) => inject(input.as_deref().unwrap_or(&file), image, legacy),
         (Some(Command::Operator(command)), _) => return cli::main(command),
+        (
+            Some(Command::Tail {
+                api,
+                token,
+                from,
+                subject,
+            }),
+            _,
+        ) => {
+            let options = jetway::tail::TailOptions {
+                api,
+                token,
+                from,
+                subject,
+            };
+            runtime().and_then(|rt| {
+                rt.block_on(jetway::tail::tail(
+                    &options,
+                    &mut std::io::stdout(),
+                    jetway::shutdown::signal(),
+                ))
+                .map_err(|e| {
+                    eprintln!("jetway tail: {e}");
+                    ExitCode::FAILURE
+                })
+            })
+        }
         (None, None) => {
-            eprintln!("jetway: give a command (run, check, dev, inject) or --config FILE; see jetway --help");
+            eprintln!("jetway: give a command (run, check, dev, inject, tail) or --config FILE; see jetway --help");
             Err(ExitCode::from(EXIT_INVALID as u8))
         }
     };

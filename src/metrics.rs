@@ -30,6 +30,7 @@ pub struct Metrics {
     pub endpoint_up: GaugeVec,
     pub stream_warnings: IntGaugeVec,
     pub consumer_recreated_total: IntCounterVec,
+    pub live_reads: IntGauge,
 }
 
 impl Metrics {
@@ -152,6 +153,8 @@ impl Metrics {
                 &["subscription"],
             )
             .expect("static metric definition"),
+            live_reads: IntGauge::new("jetway_live_reads", "Live reads open now")
+                .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -170,6 +173,7 @@ impl Metrics {
             Box::new(m.endpoint_up.clone()),
             Box::new(m.stream_warnings.clone()),
             Box::new(m.consumer_recreated_total.clone()),
+            Box::new(m.live_reads.clone()),
         ];
         for c in collectors {
             m.registry
@@ -275,6 +279,7 @@ mod tests {
             "jetway_endpoint_up{subscription=\"emails\"}",
             "jetway_stream_warnings{stream=\"ORDERS\"} 1",
             "jetway_consumer_recreated_total{subscription=\"emails\"} 0",
+            "jetway_live_reads 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

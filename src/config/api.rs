@@ -16,14 +16,17 @@ pub struct ApiConfig {
     pub insecure_listen: bool,
     pub max_body: usize,
     pub max_in_flight: usize,
+    /// Live reads open at once before 429 (SPEC section 6).
+    pub max_live: usize,
 }
 
-const KEYS: [&str; 5] = [
+const KEYS: [&str; 6] = [
     "listen",
     "token",
     "insecure_listen",
     "max_body",
     "max_in_flight",
+    "max_live",
 ];
 
 pub(super) fn parse(top: &Section<'_>, p: &mut Vec<Problem>) -> ApiConfig {
@@ -65,12 +68,20 @@ pub(super) fn parse(top: &Section<'_>, p: &mut Vec<Problem>) -> ApiConfig {
             message: format!("must be between 1 and {MAX_IN_FLIGHT_LIMIT}"),
         });
     }
+    let max_live = api.or("max_live", 64, uint, p);
+    if max_live == 0 {
+        p.push(Problem {
+            path: "api.max_live".into(),
+            message: "must be more than 0".into(),
+        });
+    }
     ApiConfig {
         listen,
         token,
         insecure_listen,
         max_body,
         max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
+        max_live: usize::try_from(max_live).unwrap_or(usize::MAX),
     }
 }
 
@@ -86,6 +97,15 @@ mod tests {
         );
         assert!(load("app_id: a\napi: { listen: '0.0.0.0:1', token: t }\n").is_ok());
         assert!(load("app_id: a\napi: { listen: '0.0.0.0:1', insecure_listen: true }\n").is_ok());
+    }
+
+    #[test]
+    fn max_live_is_more_than_zero() {
+        assert_eq!(
+            paths("app_id: a\napi: { max_live: 0 }\n"),
+            vec!["api.max_live"]
+        );
+        assert_eq!(load("app_id: a\n").map(|c| c.api.max_live).ok(), Some(64));
     }
 
     #[test]
