@@ -54,6 +54,15 @@ pub fn for_config(config: &Config) -> Permissions {
         }
         publish.push(format!("{api}.DIRECT.GET.{name}.>"));
     }
+    // History and live reads (SPEC 6) use short-lived consumers the server
+    // names: created without a name, pulled by whatever name it gave. They
+    // are not deleted by name (no CONSUMER.DELETE.<stream>.* here, which
+    // would reach other apps' consumers): they expire 15 s after their
+    // reader goes away.
+    for s in &config.streams {
+        publish.push(format!("{api}.CONSUMER.CREATE.{}", s.name));
+        publish.push(format!("{api}.CONSUMER.MSG.NEXT.{}.*", s.name));
+    }
     publish.push(format!("{api}.STREAM.MSG.DELETE.{dlq}"));
     publish.push(format!("{DLQ_PREFIX}.{}.>", config.app_id));
     for sub in &config.subscriptions {

@@ -514,7 +514,18 @@ async fn a_reader_that_never_reads_keeps_memory_bounded() {
 
 /// A sidecar binary on fixed ports, so it can be restarted where `jetway
 /// tail` looks for it.
-fn spawn_on(yaml: &str, api: u16, metrics: u16, dir: &std::path::Path) -> std::process::Child {
+/// A child process killed when dropped, so a failing test leaves none behind
+/// (an orphan holding the test's output open would hang the run).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_on(yaml: &str, api: u16, metrics: u16, dir: &std::path::Path) -> Killed {
     let path = dir.join("jetway.yaml");
     std::fs::write(
         &path,
@@ -523,13 +534,16 @@ fn spawn_on(yaml: &str, api: u16, metrics: u16, dir: &std::path::Path) -> std::p
         ),
     )
     .expect("write config");
-    std::process::Command::new(env!("CARGO_BIN_EXE_jetway"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn jetway")
+    Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_jetway"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .envs(least_privilege_env(yaml))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn jetway"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,7 +553,7 @@ async fn tail_prints_each_message_and_survives_a_sidecar_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (api, metrics) = (free_port(), free_port());
     let yaml = config_yaml(&nats, "");
-    let mut sidecar = spawn_on(&yaml, api, metrics, dir.path());
+    let sidecar = spawn_on(&yaml, api, metrics, dir.path());
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{metrics}").parse().expect("addr");
     wait_ready(metrics_addr).await;
     let http = reqwest::Client::new();
@@ -565,20 +579,22 @@ async fn tail_prints_each_message_and_survives_a_sidecar_restart() {
         .expect("publish");
     assert_eq!(r.status(), 200);
 
-    let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_jetway"))
-        .args([
-            "tail",
-            "--api",
-            &format!("http://127.0.0.1:{api}"),
-            "--from",
-            "1",
-            "orders.>",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn tail");
-    let stdout = tail.stdout.take().expect("stdout");
+    let mut tail = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_jetway"))
+            .args([
+                "tail",
+                "--api",
+                &format!("http://127.0.0.1:{api}"),
+                "--from",
+                "1",
+                "orders.>",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn tail"),
+    );
+    let stdout = tail.0.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -607,9 +623,8 @@ async fn tail_prints_each_message_and_survives_a_sidecar_restart() {
     );
 
     // The sidecar dies and comes back: tail goes on after #2.
-    let _ = sidecar.kill();
-    let _ = sidecar.wait();
-    let mut sidecar = spawn_on(&yaml, api, metrics, dir.path());
+    drop(sidecar);
+    let sidecar = spawn_on(&yaml, api, metrics, dir.path());
     wait_ready(metrics_addr).await;
     let r = http.post(&url).body("third").send().await.expect("publish");
     assert_eq!(r.status(), 200);
@@ -619,10 +634,10 @@ async fn tail_prints_each_message_and_survives_a_sidecar_restart() {
         "{third}"
     );
 
-    signal(tail.id(), "INT");
+    signal(tail.0.id(), "INT");
     let deadline = std::time::Instant::now() + DEADLINE;
     let status = loop {
-        if let Some(status) = tail.try_wait().expect("wait") {
+        if let Some(status) = tail.0.try_wait().expect("wait") {
             break status;
         }
         assert!(
@@ -633,8 +648,7 @@ async fn tail_prints_each_message_and_survives_a_sidecar_restart() {
     };
     assert_eq!(status.code(), Some(0));
     assert!(rx.try_recv().is_err(), "nothing printed twice");
-    let _ = sidecar.kill();
-    let _ = sidecar.wait();
+    drop(sidecar);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
