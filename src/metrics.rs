@@ -28,6 +28,8 @@ pub struct Metrics {
     pub consumer_ack_pending: IntGaugeVec,
     pub dead_letters_total: IntCounterVec,
     pub endpoint_up: GaugeVec,
+    pub trace_spans_exported_total: IntCounter,
+    pub trace_spans_dropped_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -134,8 +136,24 @@ impl Metrics {
                 &["subscription"],
             )
             .expect("static metric definition"),
+            trace_spans_exported_total: IntCounter::new(
+                "jetway_trace_spans_exported_total",
+                "Spans the OTLP collector accepted",
+            )
+            .expect("static metric definition"),
+            trace_spans_dropped_total: IntCounterVec::new(
+                Opts::new(
+                    "jetway_trace_spans_dropped_total",
+                    "Spans dropped: export queue full, or the collector failed",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
             registry,
         };
+        for reason in ["queue_full", "export_failed"] {
+            m.trace_spans_dropped_total.with_label_values(&[reason]);
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(build_info),
             Box::new(m.nats_connected.clone()),
@@ -150,6 +168,8 @@ impl Metrics {
             Box::new(m.consumer_ack_pending.clone()),
             Box::new(m.dead_letters_total.clone()),
             Box::new(m.endpoint_up.clone()),
+            Box::new(m.trace_spans_exported_total.clone()),
+            Box::new(m.trace_spans_dropped_total.clone()),
         ];
         for c in collectors {
             m.registry
@@ -250,6 +270,9 @@ mod tests {
             "jetway_consumer_ack_pending{subscription=\"emails\"}",
             "jetway_dead_letters_total{reason=\"rejected\",subscription=\"emails\"} 0",
             "jetway_endpoint_up{subscription=\"emails\"}",
+            "jetway_trace_spans_exported_total 0",
+            "jetway_trace_spans_dropped_total{reason=\"queue_full\"} 0",
+            "jetway_trace_spans_dropped_total{reason=\"export_failed\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
