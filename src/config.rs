@@ -57,6 +57,8 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     pub app: AppConfig,
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// `tracing:` (SPEC section 10).
+    pub tracing: crate::telemetry::TracingConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,7 +304,7 @@ impl Config {
 }
 
 /// The top-level keys, which `JETWAY_<KEY>...` overrides start with.
-const TOP_LEVEL: [&str; 11] = [
+const TOP_LEVEL: [&str; 12] = [
     "app_id",
     "shutdown_grace",
     "log",
@@ -314,6 +316,7 @@ const TOP_LEVEL: [&str; 11] = [
     "dead_letter",
     "app",
     "subscriptions",
+    "tracing",
 ];
 
 /// Whether an environment variable is a config override: `JETWAY_` and a
@@ -814,6 +817,22 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
 
     let subscriptions = parse_subscriptions(&top, p);
 
+    let tracing = top
+        .raw("tracing")
+        .map(|v| serde_yaml::from_value::<crate::telemetry::TracingConfig>(v.clone()))
+        .transpose()
+        .unwrap_or_else(|e| {
+            p.push(Problem {
+                path: "tracing".into(),
+                message: e.to_string(),
+            });
+            None
+        })
+        .unwrap_or_default();
+    for (path, message) in tracing.problems("tracing") {
+        p.push(Problem { path, message });
+    }
+
     Some(Config {
         app_id: app_id?,
         shutdown_grace,
@@ -838,6 +857,7 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
             callback_token,
         },
         subscriptions,
+        tracing,
     })
 }
 

@@ -67,6 +67,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let metrics = metrics::Metrics::new();
+    let env = std::env::vars().collect();
+    let (tracer, exporter) =
+        telemetry::start_tracing(&config.tracing, &config.app_id, &env, &metrics);
     let health = Arc::new(health::Health::default());
     let client = nats::connect(
         &config.nats,
@@ -82,8 +85,9 @@ pub async fn run(
         &config,
         metrics.clone(),
         health.clone(),
+        tracer.clone(),
     ));
-    let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone());
+    let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone(), tracer);
 
     let provisioning = tokio::spawn(provision(
         config.clone(),
@@ -155,6 +159,9 @@ pub async fn run(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "draining the NATS connection failed"),
         Err(_) => tracing::warn!("draining the NATS connection timed out"),
+    }
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
     }
     tracing::info!("stopped");
     Ok(())

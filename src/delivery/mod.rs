@@ -40,6 +40,8 @@ use crate::config::{AppConfig, Config, Deliver, SubscriptionConfig};
 use crate::dead_letter::{self, DeadLetters, DlqError, Failure};
 use crate::metrics::{Metrics, SubscriptionMetrics};
 use crate::subject;
+use crate::telemetry::tracer::{self, ProcessSpan};
+use crate::telemetry::Tracer;
 use request::{Envelope, Target};
 use retry::{Action, Outcome, Reason};
 
@@ -249,10 +251,18 @@ pub struct Delivery {
     /// The grace period is over: hand back what is still in flight.
     abort: CancellationToken,
     workers: Mutex<JoinSet<()>>,
+    tracer: Tracer,
+    /// `dead_letter.stream`, for the dead-letter span's name.
+    dlq_stream: String,
 }
 
 impl Delivery {
-    pub fn new(config: &Config, js: jetstream::Context, metrics: Metrics) -> Arc<Delivery> {
+    pub fn new(
+        config: &Config,
+        js: jetstream::Context,
+        metrics: Metrics,
+        tracer: Tracer,
+    ) -> Arc<Delivery> {
         let subscriptions = config
             .subscriptions
             .iter()
@@ -275,6 +285,8 @@ impl Delivery {
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             workers: Mutex::new(JoinSet::new()),
+            tracer,
+            dlq_stream: config.dead_letter.stream.clone(),
         })
     }
 
@@ -664,13 +676,26 @@ impl Delivery {
         if !self.deliverable(&sub) {
             // Arrived in a pull that was open when the app went down, its
             // health check failed or the subscription was paused: not tried.
+            let (trace_id, span_id) = tracer::log_ids(&env.headers);
+            tracing::debug!(
+                subscription = sub.name(),
+                subject = %env.subject,
+                stream = %env.stream,
+                seq = env.sequence,
+                attempt = env.attempt,
+                idempotency_key = %env.idempotency_key(),
+                trace_id = trace_id.map(tracing::field::display),
+                span_id = span_id.map(tracing::field::display),
+                "not deliverable now; handed back"
+            );
             nak(&msg, Some(HAND_BACK_DELAY)).await;
             return;
         }
         let _in_flight = InFlight::new(&sub);
+        let span = self.process_span(&sub, &env);
         let attempt = {
             // Boxed: the spawned task stays small while it waits for a slot.
-            let mut call = Box::pin(self.call(&sub, &env));
+            let mut call = Box::pin(self.call(&sub, &env, &span));
             loop {
                 tokio::select! {
                     attempt = &mut call => break attempt,
@@ -690,21 +715,47 @@ impl Delivery {
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let action = retry::classify(&attempt.outcome, env.attempt, &sub.config.retry, jitter);
         let name = sub.name();
+        let key = env.idempotency_key();
+        // The fields of every line about this message (SPEC section 10).
+        macro_rules! event {
+            ($level:ident, $($rest:tt)*) => {
+                tracing::$level!(
+                    subscription = name,
+                    subject = %env.subject,
+                    stream = %env.stream,
+                    seq = env.sequence,
+                    attempt = env.attempt,
+                    idempotency_key = %key,
+                    trace_id = span.trace_id().map(tracing::field::display),
+                    span_id = span.span_id().map(tracing::field::display),
+                    $($rest)*
+                )
+            };
+        }
         match action {
             Action::Ack => {
+                event!(debug, status = attempt.status, "delivered");
                 if let Err(e) = msg.ack().await {
-                    tracing::warn!(subscription = name, seq = env.sequence, error = %e, "ack failed; the message will be redelivered");
+                    event!(warn, error = %e, "ack failed; the message will be redelivered");
                 }
+                span.end("ack", attempt.status, None);
                 sub.metrics.success.inc();
                 let latency = (OffsetDateTime::now_utc() - env.published).as_seconds_f64();
                 sub.metrics.latency.observe(latency.max(0.0));
             }
             Action::Retry(delay) => {
-                tracing::debug!(subscription = name, seq = env.sequence, attempt = env.attempt, ?delay, error = %attempt.error, "delivery failed; retrying later");
+                event!(debug, ?delay, status = attempt.status, error = %attempt.error, "delivery failed; retrying later");
+                span.end("retry", attempt.status, Some(&error_type(&attempt.outcome)));
                 nak(&msg, Some(delay)).await;
                 sub.metrics.retry.inc();
             }
             Action::EndpointDown => {
+                event!(debug, error = %attempt.error, "endpoint not reachable; handed back");
+                span.end(
+                    "endpoint_down",
+                    attempt.status,
+                    Some(&error_type(&attempt.outcome)),
+                );
                 self.set_endpoint_up(&sub, false);
                 nak(&msg, Some(HAND_BACK_DELAY)).await;
                 sub.metrics.retry.inc();
@@ -716,9 +767,29 @@ impl Delivery {
                     error: attempt.error,
                     attempts: env.attempt,
                 };
-                Box::pin(self.dead_letter(&sub, &msg, &env, failure)).await;
+                Box::pin(self.dead_letter(&sub, &msg, &env, failure, &span)).await;
+                span.end(
+                    "dead_letter",
+                    attempt.status,
+                    Some(&error_type(&attempt.outcome)),
+                );
             }
         }
+    }
+
+    /// The span of one delivery attempt (SPEC section 10).
+    fn process_span(&self, sub: &Subscription, env: &Envelope) -> ProcessSpan {
+        self.tracer.process(
+            &env.headers,
+            &tracer::Delivery {
+                subscription: sub.name(),
+                consumer: &sub.consumer_name,
+                subject: &env.subject,
+                stream: &env.stream,
+                sequence: env.sequence,
+                attempt: env.attempt,
+            },
+        )
     }
 
     /// Stores the dead letter, and only after its PubAck terminates the
@@ -729,16 +800,31 @@ impl Delivery {
         msg: &jetstream::Message,
         env: &Envelope,
         failure: Failure,
+        span: &ProcessSpan,
     ) {
         let msg_id = format!("{}:{}:{}", env.stream, env.sequence, sub.consumer_name);
-        match self
+        let dlq_span = self.tracer.dead_letter(
+            span,
+            &self.dlq_stream,
+            &self.dead_letters.subject(sub.name()),
+        );
+        let key = env.idempotency_key();
+        let (trace_id, span_id) = (
+            span.trace_id().map(tracing::field::display),
+            span.span_id().map(tracing::field::display),
+        );
+        let stored = self
             .dead_letters
             .store(sub.name(), env, &failure, &msg_id)
-            .await
-        {
+            .await;
+        match &stored {
+            Ok(seq) => dlq_span.end(&self.dlq_stream, Some(*seq), None),
+            Err(_) => dlq_span.end(&self.dlq_stream, None, Some("store_failed")),
+        }
+        match stored {
             Ok(dlq_seq) => {
                 if let Err(e) = msg.ack_with(AckKind::Term).await {
-                    tracing::warn!(subscription = sub.name(), error = %e, "terminating a dead-lettered message failed; its redelivery will be stored once (same id)");
+                    tracing::warn!(subscription = sub.name(), subject = %env.subject, stream = %env.stream, seq = env.sequence, attempt = env.attempt, idempotency_key = %key, trace_id, span_id, error = %e, "terminating a dead-lettered message failed; its redelivery will be stored once (same id)");
                 }
                 sub.metrics.dead_letter.inc();
                 match failure.reason {
@@ -747,8 +833,13 @@ impl Delivery {
                 }
                 tracing::warn!(
                     subscription = sub.name(),
+                    subject = %env.subject,
                     stream = %env.stream,
                     seq = env.sequence,
+                    attempt = env.attempt,
+                    idempotency_key = %key,
+                    trace_id,
+                    span_id,
                     dlq_seq,
                     reason = failure.reason.as_str(),
                     attempts = failure.attempts,
@@ -756,7 +847,7 @@ impl Delivery {
                 );
             }
             Err(e) => {
-                tracing::error!(subscription = sub.name(), seq = env.sequence, error = %e, "cannot store dead letter; the message stays in its stream");
+                tracing::error!(subscription = sub.name(), subject = %env.subject, stream = %env.stream, seq = env.sequence, attempt = env.attempt, idempotency_key = %key, trace_id, span_id, error = %e, "cannot store dead letter; the message stays in its stream");
                 nak(
                     msg,
                     Some(retry::backoff(env.attempt, &sub.config.retry, 0.0)),
@@ -768,14 +859,21 @@ impl Delivery {
     }
 
     /// POSTs the envelope once and reads the answer.
-    async fn call(&self, sub: &Subscription, env: &Envelope) -> Attempt {
+    async fn call(&self, sub: &Subscription, env: &Envelope, span: &ProcessSpan) -> Attempt {
         let target = Target {
             endpoint: &sub.config.endpoint,
             subscription: &sub.header,
             signing_secret: sub.config.signing_secret.as_ref(),
             callback_token: self.app.callback_token.as_ref(),
         };
-        let request = request::build(env, &target, OffsetDateTime::now_utc(), rand::random());
+        let mut request =
+            request::build(env, &target, OffsetDateTime::now_utc(), span.span_id_u64());
+        // With export on, the endpoint's parent is this attempt's span.
+        if let Some(tp) = span.traceparent() {
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&tp) {
+                request.headers_mut().insert("traceparent", v);
+            }
+        }
         let started = Instant::now();
         let timeout = sub.config.timeout;
         let result = tokio::time::timeout(timeout, async {
@@ -870,12 +968,26 @@ impl Delivery {
 
     async fn replay_one(&self, sub: &Subscription, msg: StreamMessage) -> bool {
         let (env, old) = dead_letter::read(&msg);
-        let attempt = self.call(sub, &env).await;
+        let span = self.process_span(sub, &env);
+        let attempt = self.call(sub, &env, &span).await;
         let delivered =
             matches!(attempt.outcome, Outcome::Status { code, .. } if (200..300).contains(&code));
+        let key = env.idempotency_key();
+        let (trace_id, span_id) = (
+            span.trace_id().map(tracing::field::display),
+            span.span_id().map(tracing::field::display),
+        );
         if delivered {
             sub.metrics.success.inc();
+            tracing::info!(subscription = sub.name(), subject = %env.subject, stream = %env.stream, seq = env.sequence, attempt = env.attempt, idempotency_key = %key, trace_id, span_id, dlq_seq = msg.sequence, "dead letter replayed");
+            span.end("ack", attempt.status, None);
         } else {
+            tracing::warn!(subscription = sub.name(), subject = %env.subject, stream = %env.stream, seq = env.sequence, attempt = env.attempt, idempotency_key = %key, trace_id, span_id, dlq_seq = msg.sequence, error = %attempt.error, "replay failed; the dead letter stays");
+            span.end(
+                "dead_letter",
+                attempt.status,
+                Some(&error_type(&attempt.outcome)),
+            );
             // Keep it, with one more attempt recorded: store the rewrite,
             // then drop the old entry.
             let failure = Failure {
@@ -899,7 +1011,7 @@ impl Delivery {
                 .store(sub.name(), &env, &failure, &msg_id)
                 .await
             {
-                tracing::warn!(subscription = sub.name(), dlq_seq = msg.sequence, error = %e, "replay failed and the attempt count could not be raised");
+                tracing::warn!(subscription = sub.name(), subject = %env.subject, stream = %env.stream, seq = env.sequence, idempotency_key = %key, trace_id, span_id, dlq_seq = msg.sequence, error = %e, "replay failed and the attempt count could not be raised");
                 return false;
             }
         }
@@ -966,6 +1078,17 @@ impl Delivery {
                 _ = self.stop.cancelled() => return,
             }
         }
+    }
+}
+
+/// `error.type` of a failed attempt: a bounded kind, never the error text.
+/// (the status code for an HTTP answer, as the conventions have it).
+fn error_type(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Timeout => "timeout".into(),
+        Outcome::Refused => "connection_refused".into(),
+        Outcome::Failed => "request_failed".into(),
+        Outcome::Status { code, .. } => code.to_string(),
     }
 }
 
