@@ -340,6 +340,24 @@ mod tests {
         assert_eq!(format_tracestate(&members), "x=1,y=2");
     }
 
+    proptest::proptest! {
+        // The same properties as fuzz/fuzz_targets/traceparent.rs, in CI.
+        #[test]
+        fn parsers_round_trip(tp in "[0-9a-f-]{0,60}|00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", ts in "[ -~]{0,80}") {
+            if let Some(ctx) = parse_traceparent(&tp) {
+                let text = format_traceparent(&ctx);
+                proptest::prop_assert_eq!(parse_traceparent(&text), Some(ctx));
+                if tp.starts_with("00-") {
+                    proptest::prop_assert_eq!(&text, &tp);
+                }
+            }
+            if let Some(members) = parse_tracestate(&ts) {
+                let text = format_tracestate(&members);
+                proptest::prop_assert_eq!(parse_tracestate(&text), Some(members));
+            }
+        }
+    }
+
     #[test]
     fn fresh_ids_are_not_zero() {
         assert_ne!(new_trace_id(), [0; 16]);
