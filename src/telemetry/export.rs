@@ -146,14 +146,14 @@ async fn run(mut rx: mpsc::Receiver<Span>, mut sender: Sender, stop: Cancellatio
             _ = tokio::time::timeout(LINGER, fill) => {}
             _ = stop.cancelled() => {}
         }
-        sender.send(&batch).await;
-        batch.clear();
+        sender
+            .send(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH)))
+            .await;
     }
     // Shutdown: what is queued now, no more (the caller bounds the time).
     rx.close();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        sender.send(&batch).await;
-        batch.clear();
+        sender.send(std::mem::take(&mut batch)).await;
     }
 }
 
@@ -168,10 +168,11 @@ struct Sender {
 }
 
 impl Sender {
-    async fn send(&mut self, spans: &[Span]) {
+    async fn send(&mut self, spans: Vec<Span>) {
         if spans.is_empty() {
             return;
         }
+        let n = spans.len() as u64;
         let body = encode(&self.resource, spans);
         let mut request = hyper::Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = hyper::Method::POST;
@@ -203,7 +204,6 @@ impl Sender {
         })
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {EXPORT_TIMEOUT:?}")));
-        let n = spans.len() as u64;
         match result {
             Ok(()) => {
                 self.exported.inc_by(n);
@@ -247,41 +247,42 @@ fn resource(service_name: &str) -> Resource {
     }
 }
 
-/// One span as OTLP.
-pub fn to_otlp(span: &Span) -> otlp::Span {
+/// One span as OTLP (moved, not copied: export is the span's end).
+pub fn to_otlp(span: Span) -> otlp::Span {
     let kind = match span.kind {
         Kind::Producer => otlp::span::SpanKind::Producer,
         Kind::Consumer => otlp::span::SpanKind::Consumer,
     };
-    let status = match &span.status {
+    let status = match span.status {
         Status::Unset => None,
         Status::Error(message) => Some(otlp::Status {
-            message: message.clone(),
+            message,
             code: otlp::status::StatusCode::Error as i32,
         }),
     };
     otlp::Span {
         trace_id: span.context.trace_id.to_vec(),
         span_id: span.context.span_id.to_vec(),
-        trace_state: span.trace_state.clone().unwrap_or_default(),
+        trace_state: span.trace_state.unwrap_or_default(),
         parent_span_id: span.parent.map(|p| p.to_vec()).unwrap_or_default(),
         // Low byte: the W3C trace flags; bit 8: whether the parent is remote.
         flags: u32::from(span.context.flags)
             | 0x100
             | if span.parent_is_remote { 0x200 } else { 0 },
-        name: span.name.clone(),
+        name: span.name,
         kind: kind as i32,
         start_time_unix_nano: span.start,
         end_time_unix_nano: span.end.max(span.start),
         attributes: span
             .attributes
-            .iter()
+            .into_iter()
             .map(|(key, value)| KeyValue {
                 key: key.to_string(),
                 value: Some(AnyValue {
                     value: Some(match value {
-                        Value::Str(s) => any_value::Value::StringValue(s.clone()),
-                        Value::Int(n) => any_value::Value::IntValue(*n),
+                        Value::Static(s) => any_value::Value::StringValue(s.to_string()),
+                        Value::Str(s) => any_value::Value::StringValue(s),
+                        Value::Int(n) => any_value::Value::IntValue(n),
                     }),
                 }),
                 ..Default::default()
@@ -293,7 +294,7 @@ pub fn to_otlp(span: &Span) -> otlp::Span {
 }
 
 /// The protobuf body of one export request.
-pub fn encode(resource: &Resource, spans: &[Span]) -> Vec<u8> {
+pub fn encode(resource: &Resource, spans: Vec<Span>) -> Vec<u8> {
     let request = ExportTraceServiceRequest {
         resource_spans: vec![otlp::ResourceSpans {
             resource: Some(resource.clone()),
@@ -303,7 +304,7 @@ pub fn encode(resource: &Resource, spans: &[Span]) -> Vec<u8> {
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..Default::default()
                 }),
-                spans: spans.iter().map(to_otlp).collect(),
+                spans: spans.into_iter().map(to_otlp).collect(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -338,7 +339,7 @@ mod tests {
             end: 20,
             status: Status::Error("boom".into()),
         };
-        let body = encode(&resource("orders"), std::slice::from_ref(&span));
+        let body = encode(&resource("orders"), vec![span]);
         let decoded = ExportTraceServiceRequest::decode(body.as_slice()).expect("decodes");
         let rs = &decoded.resource_spans[0];
         let service = &rs.resource.as_ref().expect("resource").attributes[0];

@@ -176,6 +176,8 @@ pub enum Kind {
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// A fixed value (`nats`, `send`...): no allocation per span.
+    Static(&'static str),
     Str(String),
     Int(i64),
 }

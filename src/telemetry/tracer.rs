@@ -103,9 +103,9 @@ impl Tracer {
             return PublishSpan { open: None };
         }
         let mut attributes = Vec::with_capacity(8);
-        attributes.push(("messaging.system", Value::from("nats")));
-        attributes.push(("messaging.operation.type", "send".into()));
-        attributes.push(("messaging.operation.name", "publish".into()));
+        attributes.push(("messaging.system", Value::Static("nats")));
+        attributes.push(("messaging.operation.type", Value::Static("send")));
+        attributes.push(("messaging.operation.name", Value::Static("publish")));
         attributes.push(("messaging.destination.name", subject.into()));
         if let Some(id) = header(headers, "Nats-Msg-Id") {
             attributes.push(("messaging.message.id", id.into()));
@@ -145,9 +145,9 @@ impl Tracer {
         let ctx = self.child(inner, parent.as_ref());
         let open = ctx.is_sampled().then(|| {
             let mut attributes = Vec::with_capacity(12);
-            attributes.push(("messaging.system", Value::from("nats")));
-            attributes.push(("messaging.operation.type", "process".into()));
-            attributes.push(("messaging.operation.name", "process".into()));
+            attributes.push(("messaging.system", Value::Static("nats")));
+            attributes.push(("messaging.operation.type", Value::Static("process")));
+            attributes.push(("messaging.operation.name", Value::Static("process")));
             attributes.push(("messaging.destination.name", d.subject.into()));
             attributes.push(("messaging.consumer.group.name", d.consumer.into()));
             attributes.push(("messaging.nats.stream", d.stream.into()));
@@ -192,9 +192,9 @@ impl Tracer {
         };
         let parent = open.span.context;
         let attributes = vec![
-            ("messaging.system", Value::from("nats")),
-            ("messaging.operation.type", "send".into()),
-            ("messaging.operation.name", "publish".into()),
+            ("messaging.system", Value::Static("nats")),
+            ("messaging.operation.type", Value::Static("send")),
+            ("messaging.operation.name", Value::Static("publish")),
             ("messaging.destination.name", subject.into()),
             ("messaging.nats.stream", dlq_stream.into()),
         ];
@@ -287,7 +287,7 @@ impl ProcessSpan {
 
     /// Ends the attempt: `outcome` is `ack`, `retry`, `dead_letter` or
     /// `endpoint_down`; `error` a bounded kind (`timeout`, `http_503`...).
-    pub fn end(self, outcome: &str, status: Option<u16>, error: Option<&str>) {
+    pub fn end(self, outcome: &'static str, status: Option<u16>, error: Option<&str>) {
         let Some(mut open) = self.open else { return };
         if let Some(code) = status {
             open.span
@@ -296,7 +296,7 @@ impl ProcessSpan {
         }
         open.span
             .attributes
-            .push(("jetway.outcome", outcome.into()));
+            .push(("jetway.outcome", Value::Static(outcome)));
         let status = match error {
             Some(e) => {
                 open.span.attributes.push(("error.type", e.into()));
