@@ -43,6 +43,8 @@ use crate::metrics::Metrics;
 pub const MAX_BATCH: usize = 512;
 /// How long a batch waits to fill once its first span is there.
 const LINGER: Duration = Duration::from_millis(500);
+/// How often a filling batch looks at the queue.
+const FILL_TICK: Duration = Duration::from_millis(20);
 /// Longest wait for the collector's answer to one request.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What shutdown gives the queue at most (SPEC section 10).
@@ -134,17 +136,21 @@ async fn run(mut rx: mpsc::Receiver<Span>, mut sender: Sender, stop: Cancellatio
         if n == 0 {
             break;
         }
-        let fill = async {
-            while batch.len() < MAX_BATCH {
-                let room = MAX_BATCH - batch.len();
-                if rx.recv_many(&mut batch, room).await == 0 {
-                    break;
-                }
+        // Fill the batch by looking at the queue now and then rather than
+        // waking for every span: a wake-up per span (a futex call when the
+        // publishing thread is another) cost more than building the span.
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() + rx.len() < MAX_BATCH && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                _ = tokio::time::sleep(FILL_TICK) => {}
+                _ = stop.cancelled() => break,
             }
-        };
-        tokio::select! {
-            _ = tokio::time::timeout(LINGER, fill) => {}
-            _ = stop.cancelled() => {}
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => break,
+            }
         }
         sender
             .send(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH)))
