@@ -84,6 +84,9 @@ pub async fn run_with_limits(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let metrics = metrics::Metrics::new();
+    let env = std::env::vars().collect();
+    let (tracer, exporter) =
+        telemetry::start_tracing(&config.tracing, &config.app_id, &env, &metrics);
     let health = Arc::new(health::Health::default());
     let client = nats::connect(
         &config.nats,
@@ -99,8 +102,10 @@ pub async fn run_with_limits(
         &config,
         metrics.clone(),
         health.clone(),
+        tracer.clone(),
     ));
-    let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone(), health.clone());
+    let delivery =
+        delivery::Delivery::new(&config, js.clone(), metrics.clone(), health.clone(), tracer);
 
     let durability = durability::Checker::new(
         js.clone(),
@@ -198,6 +203,9 @@ pub async fn run_with_limits(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "draining the NATS connection failed"),
         Err(_) => tracing::warn!("draining the NATS connection timed out"),
+    }
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub stream_warnings: IntGaugeVec,
     pub consumer_recreated_total: IntCounterVec,
     pub live_reads: IntGauge,
+    pub trace_spans_exported_total: IntCounter,
+    pub trace_spans_dropped_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -155,8 +157,24 @@ impl Metrics {
             .expect("static metric definition"),
             live_reads: IntGauge::new("jetway_live_reads", "Live reads open now")
                 .expect("static metric definition"),
+            trace_spans_exported_total: IntCounter::new(
+                "jetway_trace_spans_exported_total",
+                "Spans the OTLP collector accepted",
+            )
+            .expect("static metric definition"),
+            trace_spans_dropped_total: IntCounterVec::new(
+                Opts::new(
+                    "jetway_trace_spans_dropped_total",
+                    "Spans dropped: export queue full, or the collector failed",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
             registry,
         };
+        for reason in ["queue_full", "export_failed"] {
+            m.trace_spans_dropped_total.with_label_values(&[reason]);
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(build_info),
             Box::new(m.nats_connected.clone()),
@@ -174,6 +192,8 @@ impl Metrics {
             Box::new(m.stream_warnings.clone()),
             Box::new(m.consumer_recreated_total.clone()),
             Box::new(m.live_reads.clone()),
+            Box::new(m.trace_spans_exported_total.clone()),
+            Box::new(m.trace_spans_dropped_total.clone()),
         ];
         for c in collectors {
             m.registry
@@ -280,6 +300,9 @@ mod tests {
             "jetway_stream_warnings{stream=\"ORDERS\"} 1",
             "jetway_consumer_recreated_total{subscription=\"emails\"} 0",
             "jetway_live_reads 0",
+            "jetway_trace_spans_exported_total 0",
+            "jetway_trace_spans_dropped_total{reason=\"queue_full\"} 0",
+            "jetway_trace_spans_dropped_total{reason=\"export_failed\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

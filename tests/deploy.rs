@@ -781,6 +781,8 @@ const SPEC_METRICS: &[(&str, &str, &[&str])] = &[
         &["subscription", "reason"],
     ),
     ("jetway_endpoint_up", "gauge", &["subscription"]),
+    ("jetway_trace_spans_exported_total", "counter", &[]),
+    ("jetway_trace_spans_dropped_total", "counter", &["reason"]),
 ];
 
 /// Label values SPEC section 7 fixes.

@@ -27,6 +27,7 @@ mod nats;
 mod publish;
 mod streams;
 mod subscriptions;
+mod tracing;
 mod values;
 
 pub use api::ApiConfig;
@@ -39,6 +40,7 @@ pub use nats::{NatsAuth, NatsConfig, TlsConfig};
 pub use publish::PublishConfig;
 pub use streams::{is_valid_stream_name, Storage, StreamConfig};
 pub use subscriptions::{Deliver, RetryPolicy, SigningSecret, SubscriptionConfig};
+pub use tracing::{export_header, traces_url, TracingConfig, MAX_TRACING_QUEUE};
 pub use values::{is_valid_name, parse_duration, parse_size, Secret};
 
 use values::{duration, string, Section};
@@ -63,6 +65,8 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     pub app: AppConfig,
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// `tracing:` (SPEC section 10).
+    pub tracing: TracingConfig,
 }
 
 /// One thing wrong with the configuration.
@@ -143,7 +147,7 @@ impl Config {
 }
 
 /// The top-level keys, which `JETWAY_<KEY>...` overrides start with.
-const TOP_LEVEL: [&str; 11] = [
+const TOP_LEVEL: [&str; 12] = [
     "app_id",
     "shutdown_grace",
     "log",
@@ -155,6 +159,7 @@ const TOP_LEVEL: [&str; 11] = [
     "dead_letter",
     "app",
     "subscriptions",
+    "tracing",
 ];
 
 /// Reads every section in file order, so problems come out in that order.
@@ -183,6 +188,7 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
     let dead_letter = dead_letter::parse(&top, p);
     let app = app::parse(&top, p);
     let subscriptions = subscriptions::parse(&top, p);
+    let tracing = tracing::parse(&top, p);
 
     Some(Config {
         app_id: app_id?,
@@ -196,6 +202,7 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
         dead_letter,
         app,
         subscriptions,
+        tracing,
     })
 }
 

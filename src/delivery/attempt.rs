@@ -13,6 +13,7 @@ use super::retry::{self, Action, Outcome};
 use super::{Delivery, Subscription, HAND_BACK_DELAY};
 use crate::dead_letter::{self, Failure};
 use crate::envelope::{Envelope, Reason};
+use crate::telemetry::tracer::{self as spans, ProcessSpan};
 
 /// Most bytes of a response body read (the first KiB goes into dead letters).
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -26,32 +27,60 @@ pub(super) struct Attempt {
 
 impl Delivery {
     /// Acts on the outcome of an attempt: ack after a 2xx, a delayed NAK
-    /// for a retry, the dead letter (then terminate) when given up.
+    /// for a retry, the dead letter (then terminate) when given up; `span`
+    /// (the attempt's process span) ends with the decision.
     pub(super) async fn settle(
         &self,
         sub: &Subscription,
         msg: &jetstream::Message,
         env: &Envelope,
         attempt: Attempt,
+        span: ProcessSpan,
     ) {
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let action = retry::classify(&attempt.outcome, env.attempt, &sub.config.retry, jitter);
         let name = sub.name();
+        let key = env.idempotency_key();
+        // The fields of every line about this message (SPEC section 10).
+        macro_rules! event {
+            ($level:ident, $($rest:tt)*) => {
+                tracing::$level!(
+                    subscription = name,
+                    subject = %env.subject,
+                    stream = %env.stream,
+                    seq = env.sequence,
+                    attempt = env.attempt,
+                    idempotency_key = %key,
+                    trace_id = span.trace_id().map(tracing::field::display),
+                    span_id = span.span_id().map(tracing::field::display),
+                    $($rest)*
+                )
+            };
+        }
         match action {
             Action::Ack => {
+                event!(debug, status = attempt.status, "delivered");
                 if let Err(e) = msg.ack().await {
-                    tracing::warn!(subscription = name, seq = env.sequence, error = %e, "ack failed; the message will be redelivered");
+                    event!(warn, error = %e, "ack failed; the message will be redelivered");
                 }
+                span.end("ack", attempt.status, None);
                 sub.metrics.success.inc();
                 let latency = (OffsetDateTime::now_utc() - env.published).as_seconds_f64();
                 sub.metrics.latency.observe(latency.max(0.0));
             }
             Action::Retry(delay) => {
-                tracing::debug!(subscription = name, seq = env.sequence, attempt = env.attempt, ?delay, error = %attempt.error, "delivery failed; retrying later");
+                event!(debug, ?delay, status = attempt.status, error = %attempt.error, "delivery failed; retrying later");
+                span.end("retry", attempt.status, Some(&error_type(&attempt.outcome)));
                 nak(msg, Some(delay)).await;
                 sub.metrics.retry.inc();
             }
             Action::EndpointDown => {
+                event!(debug, error = %attempt.error, "endpoint not reachable; handed back");
+                span.end(
+                    "endpoint_down",
+                    attempt.status,
+                    Some(&error_type(&attempt.outcome)),
+                );
                 self.set_endpoint_up(sub, false);
                 nak(msg, Some(HAND_BACK_DELAY)).await;
                 sub.metrics.retry.inc();
@@ -63,7 +92,9 @@ impl Delivery {
                     error: attempt.error,
                     attempts: env.attempt,
                 };
-                Box::pin(self.dead_letter(sub, msg, env, failure)).await;
+                let status = attempt.status;
+                Box::pin(self.dead_letter(sub, msg, env, failure, &span)).await;
+                span.end("dead_letter", status, Some(&error_type(&attempt.outcome)));
             }
         }
     }
@@ -76,16 +107,31 @@ impl Delivery {
         msg: &jetstream::Message,
         env: &Envelope,
         failure: Failure,
+        span: &ProcessSpan,
     ) {
         let msg_id = format!("{}:{}:{}", env.stream, env.sequence, sub.consumer_name);
-        match self
+        let dlq_span = self.tracer.dead_letter(
+            span,
+            &self.dlq_stream,
+            &self.dead_letters.subject(sub.name()),
+        );
+        let key = env.idempotency_key();
+        let (trace_id, span_id) = (
+            span.trace_id().map(tracing::field::display),
+            span.span_id().map(tracing::field::display),
+        );
+        let stored = self
             .dead_letters
             .store(sub.name(), env, &failure, &msg_id)
-            .await
-        {
+            .await;
+        match &stored {
+            Ok(seq) => dlq_span.end(&self.dlq_stream, Some(*seq), None),
+            Err(_) => dlq_span.end(&self.dlq_stream, None, Some("store_failed")),
+        }
+        match stored {
             Ok(dlq_seq) => {
                 if let Err(e) = msg.ack_with(AckKind::Term).await {
-                    tracing::warn!(subscription = sub.name(), error = %e, "terminating a dead-lettered message failed; its redelivery will be stored once (same id)");
+                    tracing::warn!(subscription = sub.name(), subject = %env.subject, stream = %env.stream, seq = env.sequence, attempt = env.attempt, idempotency_key = %key, trace_id, span_id, error = %e, "terminating a dead-lettered message failed; its redelivery will be stored once (same id)");
                 }
                 sub.metrics.dead_letter.inc();
                 match failure.reason {
@@ -94,8 +140,13 @@ impl Delivery {
                 }
                 tracing::warn!(
                     subscription = sub.name(),
+                    subject = %env.subject,
                     stream = %env.stream,
                     seq = env.sequence,
+                    attempt = env.attempt,
+                    idempotency_key = %key,
+                    trace_id,
+                    span_id,
                     dlq_seq,
                     reason = failure.reason.as_str(),
                     attempts = failure.attempts,
@@ -103,7 +154,7 @@ impl Delivery {
                 );
             }
             Err(e) => {
-                tracing::error!(subscription = sub.name(), seq = env.sequence, error = %e, "cannot store dead letter; the message stays in its stream");
+                tracing::error!(subscription = sub.name(), subject = %env.subject, stream = %env.stream, seq = env.sequence, attempt = env.attempt, idempotency_key = %key, trace_id, span_id, error = %e, "cannot store dead letter; the message stays in its stream");
                 nak(
                     msg,
                     Some(retry::backoff(env.attempt, &sub.config.retry, 0.0)),
@@ -115,14 +166,26 @@ impl Delivery {
     }
 
     /// POSTs the envelope once and reads the answer.
-    pub(super) async fn call(&self, sub: &Subscription, env: &Envelope) -> Attempt {
+    pub(super) async fn call(
+        &self,
+        sub: &Subscription,
+        env: &Envelope,
+        span: &ProcessSpan,
+    ) -> Attempt {
         let target = Target {
             endpoint: &sub.config.endpoint,
             subscription: &sub.header,
             signing_secret: sub.config.signing_secret.as_ref(),
             callback_token: self.app.callback_token.as_ref(),
         };
-        let request = request::build(env, &target, OffsetDateTime::now_utc(), rand::random());
+        let mut request =
+            request::build(env, &target, OffsetDateTime::now_utc(), span.span_id_u64());
+        // With export on, the endpoint's parent is this attempt's span.
+        if let Some(tp) = span.traceparent() {
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&tp) {
+                request.headers_mut().insert("traceparent", v);
+            }
+        }
         let started = Instant::now();
         let timeout = sub.config.timeout;
         let result = tokio::time::timeout(timeout, async {
@@ -170,6 +233,32 @@ impl Delivery {
                 },
             },
         }
+    }
+
+    /// The span of one delivery attempt (SPEC section 10).
+    pub(super) fn process_span(&self, sub: &Subscription, env: &Envelope) -> ProcessSpan {
+        self.tracer.process(
+            &env.headers,
+            &spans::Delivery {
+                subscription: sub.name(),
+                consumer: &sub.consumer_name,
+                subject: &env.subject,
+                stream: &env.stream,
+                sequence: env.sequence,
+                attempt: env.attempt,
+            },
+        )
+    }
+}
+
+/// `error.type` of a failed attempt: a bounded kind, never the error text
+/// (the status code for an HTTP answer, as the conventions have it).
+pub(super) fn error_type(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Timeout => "timeout".into(),
+        Outcome::Refused => "connection_refused".into(),
+        Outcome::Failed => "request_failed".into(),
+        Outcome::Status { code, .. } => code.to_string(),
     }
 }
 

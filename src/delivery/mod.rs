@@ -39,6 +39,7 @@ use crate::config::{AppConfig, Config};
 use crate::dead_letter::DeadLetters;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::telemetry::Tracer;
 
 pub use consumer::{
     ack_wait, compare, consumer_config, max_ack_pending, Comparison, Difference, ProvisionError,
@@ -84,6 +85,9 @@ pub struct Delivery {
     workers: Mutex<JoinSet<()>>,
     /// Replays under way, each in a task no HTTP connection owns.
     replays: TaskTracker,
+    tracer: Tracer,
+    /// `dead_letter.stream`, for the dead-letter span's name.
+    dlq_stream: String,
 }
 
 impl Delivery {
@@ -92,6 +96,7 @@ impl Delivery {
         js: jetstream::Context,
         metrics: Metrics,
         health: Arc<Health>,
+        tracer: Tracer,
     ) -> Arc<Delivery> {
         let subscriptions = config
             .subscriptions
@@ -117,6 +122,8 @@ impl Delivery {
             abort: CancellationToken::new(),
             workers: Mutex::new(JoinSet::new()),
             replays: TaskTracker::new(),
+            tracer,
+            dlq_stream: config.dead_letter.stream.clone(),
         })
     }
 

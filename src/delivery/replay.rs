@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::attempt::error_type;
 use super::retry::Outcome;
 use super::{Delivery, Subscription};
 use crate::dead_letter::{self, DlqError, Failure};
@@ -207,15 +208,29 @@ impl Delivery {
         let (env, old) = dead_letter::read(&msg);
         // Past the shutdown grace the attempt is dropped; the dead letter
         // stays as it was.
+        let span = self.process_span(sub, &env);
         let attempt = tokio::select! {
-            attempt = self.call(sub, &env) => attempt,
+            attempt = self.call(sub, &env, &span) => attempt,
             _ = self.abort.cancelled() => return false,
         };
         let delivered =
             matches!(attempt.outcome, Outcome::Status { code, .. } if (200..300).contains(&code));
+        let key = env.idempotency_key();
+        let (trace_id, span_id) = (
+            span.trace_id().map(tracing::field::display),
+            span.span_id().map(tracing::field::display),
+        );
         if delivered {
             sub.metrics.success.inc();
+            tracing::info!(subscription = sub.name(), subject = %env.subject, stream = %env.stream, seq = env.sequence, attempt = env.attempt, idempotency_key = %key, trace_id, span_id, dlq_seq = msg.sequence, "dead letter replayed");
+            span.end("ack", attempt.status, None);
         } else {
+            tracing::warn!(subscription = sub.name(), subject = %env.subject, stream = %env.stream, seq = env.sequence, attempt = env.attempt, idempotency_key = %key, trace_id, span_id, dlq_seq = msg.sequence, error = %attempt.error, "replay failed; the dead letter stays");
+            span.end(
+                "dead_letter",
+                attempt.status,
+                Some(&error_type(&attempt.outcome)),
+            );
             // Keep it, with one more attempt recorded: store the rewrite,
             // then drop the old entry.
             let failure = Failure {
@@ -239,7 +254,7 @@ impl Delivery {
                 .store(sub.name(), &env, &failure, &msg_id)
                 .await
             {
-                tracing::warn!(subscription = sub.name(), dlq_seq = msg.sequence, error = %e, "replay failed and the attempt count could not be raised");
+                tracing::warn!(subscription = sub.name(), subject = %env.subject, stream = %env.stream, seq = env.sequence, idempotency_key = %key, trace_id, span_id, dlq_seq = msg.sequence, error = %e, "replay failed and the attempt count could not be raised");
                 return false;
             }
         }

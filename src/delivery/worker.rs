@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use super::attempt::{envelope, nak};
 use super::subscription::InFlight;
 use super::{ack_wait, puller, Delivery, Subscription, HAND_BACK_DELAY};
+use crate::telemetry::tracer;
 
 /// Messages held beyond the in-flight ones, at least: at low concurrency a
 /// look-ahead of one would cost a pull request per message.
@@ -186,13 +187,26 @@ impl Delivery {
         if !self.deliverable(&sub) {
             // Arrived in a pull that was open when the app went down, its
             // health check failed or the subscription was paused: not tried.
+            let (trace_id, span_id) = tracer::log_ids(&env.headers);
+            tracing::debug!(
+                subscription = sub.name(),
+                subject = %env.subject,
+                stream = %env.stream,
+                seq = env.sequence,
+                attempt = env.attempt,
+                idempotency_key = %env.idempotency_key(),
+                trace_id = trace_id.map(tracing::field::display),
+                span_id = span_id.map(tracing::field::display),
+                "not deliverable now; handed back"
+            );
             nak(&msg, Some(HAND_BACK_DELAY)).await;
             return;
         }
         let _in_flight = InFlight::new(&sub);
+        let span = self.process_span(&sub, &env);
         let attempt = {
             // Boxed: the spawned task stays small while it waits for a slot.
-            let mut call = Box::pin(self.call(&sub, &env));
+            let mut call = Box::pin(self.call(&sub, &env, &span));
             loop {
                 tokio::select! {
                     attempt = &mut call => break attempt,
@@ -209,6 +223,6 @@ impl Delivery {
                 }
             }
         };
-        Box::pin(self.settle(&sub, &msg, &env, attempt)).await;
+        Box::pin(self.settle(&sub, &msg, &env, attempt, span)).await;
     }
 }

@@ -26,6 +26,8 @@ use crate::error::ApiError;
 use crate::health::Health;
 use crate::metrics::{Metrics, UNKNOWN_STREAM};
 use crate::subject;
+use crate::telemetry::tracer::{self, PublishSpan};
+use crate::telemetry::Tracer;
 
 /// Most headers one batch item may carry.
 pub const MAX_ITEM_HEADERS: usize = 100;
@@ -81,6 +83,7 @@ pub struct Publisher {
     bodies_kib: u32,
     metrics: Metrics,
     health: Arc<Health>,
+    tracer: Tracer,
 }
 
 impl Publisher {
@@ -90,6 +93,7 @@ impl Publisher {
         config: &Config,
         metrics: Metrics,
         health: Arc<Health>,
+        tracer: Tracer,
     ) -> Publisher {
         Publisher {
             streams: streams::Streams::new(config.streams.clone(), js.clone()),
@@ -104,6 +108,7 @@ impl Publisher {
             bodies_kib: body_budget_kib(config.api.max_body),
             metrics,
             health,
+            tracer,
         }
     }
 
@@ -143,6 +148,31 @@ impl Publisher {
                 .publish_duration_seconds
                 .with_label_values(&[stream])
                 .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Ends the message's publish span; a 5xx is logged with the message's
+    /// context (SPEC section 10).
+    fn finish(&self, span: PublishSpan, msg: &Outgoing, result: &Result<Stored, ApiError>) {
+        match result {
+            Ok(stored) => span.end(&stored.stream, Some(stored.seq), None),
+            Err(e) => {
+                let stream = self.stream_label(&msg.subject);
+                span.end(stream, None, Some(e.publish_outcome()));
+                if e.status().is_server_error() {
+                    let (trace_id, span_id) = tracer::log_ids(&msg.headers);
+                    tracing::warn!(
+                        subject = %msg.subject,
+                        stream,
+                        idempotency_key = msg.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+                        trace_id = trace_id.map(tracing::field::display),
+                        span_id = span_id.map(tracing::field::display),
+                        outcome = e.publish_outcome(),
+                        error = %e,
+                        "publish failed"
+                    );
+                }
+            }
         }
     }
 
@@ -399,8 +429,9 @@ impl Publisher {
     }
 
     /// Publishes one message and answers only after its PubAck.
-    pub async fn publish(&self, msg: Outgoing) -> Result<Stored, ApiError> {
+    pub async fn publish(&self, mut msg: Outgoing) -> Result<Stored, ApiError> {
         let started = Instant::now();
+        let span = self.tracer.publish(&mut msg.headers, &msg.subject);
         let result = async {
             self.ensure_connected()?;
             self.streams.capture(&msg.subject).await?;
@@ -410,6 +441,7 @@ impl Publisher {
         }
         .await;
         self.record(&msg.subject, &result, Some(started));
+        self.finish(span, &msg, &result);
         result
     }
 
@@ -490,13 +522,20 @@ impl Publisher {
         let mut pending = Vec::with_capacity(prepared.len());
         for (subject, item) in prepared {
             let sent = match item {
-                Ok(msg) => match self.streams.capture(&msg.subject).await {
-                    Ok(()) => match self.send(&msg).await {
-                        Ok(ack) => Ok((msg, ack)),
+                Ok(mut msg) => {
+                    let span = self.tracer.publish(&mut msg.headers, &msg.subject);
+                    let sent = match self.streams.capture(&msg.subject).await {
+                        Ok(()) => self.send(&msg).await,
                         Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e),
-                },
+                    };
+                    match sent {
+                        Ok(ack) => Ok((msg, ack, span)),
+                        Err(e) => {
+                            self.finish(span, &msg, &Err(e.clone()));
+                            Err(e)
+                        }
+                    }
+                }
                 Err(e) => Err(e),
             };
             pending.push((subject, sent));
@@ -504,7 +543,11 @@ impl Publisher {
         let results =
             futures::future::join_all(pending.into_iter().map(|(subject, sent)| async move {
                 let result = match sent {
-                    Ok((msg, ack)) => self.confirm(&msg, ack, deadline).await,
+                    Ok((msg, ack, span)) => {
+                        let result = self.confirm(&msg, ack, deadline).await;
+                        self.finish(span, &msg, &result);
+                        result
+                    }
                     Err(e) => Err(e),
                 };
                 self.record(&subject, &result, Some(started));
