@@ -2,6 +2,9 @@
 //! nats-server per test, a whole sidecar, and real HTTP endpoints that
 //! record what they receive.
 mod common;
+use common::api::Api;
+use common::config::{sub, subscriptions, FAST_RETRY};
+use common::nats::{dlq_stream, nats_header};
 use common::*;
 
 use std::collections::{HashMap, HashSet};
@@ -20,145 +23,6 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// Small backoffs so retries take milliseconds, without jitter.
-const FAST_RETRY: &str = "retry: { initial_backoff: 100ms, max_backoff: 2s, jitter: 0 }";
-
-/// One entry of the `subscriptions` list; `extra` is more flow-map keys.
-fn sub(name: &str, subject: &str, endpoint: &str, extra: &str) -> String {
-    let extra = if extra.is_empty() {
-        String::new()
-    } else {
-        format!(", {extra}")
-    };
-    format!("  - {{ name: {name}, subject: \"{subject}\", endpoint: \"{endpoint}\"{extra} }}\n")
-}
-
-fn subscriptions(entries: &[String]) -> String {
-    format!("subscriptions:\n{}", entries.concat())
-}
-
-/// The `/v1` API of a sidecar, in-process or a child process.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    fn of(s: &Sidecar) -> Api {
-        Api {
-            http: s.http.clone(),
-            base: s.url(""),
-        }
-    }
-
-    fn of_process(p: &Process) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            base: p.url(""),
-        }
-    }
-
-    /// Publishes one event and returns its stream sequence.
-    async fn publish(
-        &self,
-        subject: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Vec<u8>>,
-    ) -> u64 {
-        let mut request = self
-            .http
-            .post(format!("{}/v1/publish/{subject}", self.base));
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let response = request.body(body.into()).send().await.expect("publish");
-        let status = response.status();
-        let answer: Value = response.json().await.expect("json");
-        assert_eq!(status, 200, "publish answered {answer}");
-        answer["seq"].as_u64().expect("seq")
-    }
-
-    /// Publishes `n` JSON events `{"n": i}` in one batch.
-    async fn publish_many(&self, subject: &str, n: usize) -> Vec<u64> {
-        let items: Vec<Value> = (0..n)
-            .map(|i| json!({ "subject": subject, "data": { "n": i } }))
-            .collect();
-        let (status, answer) = self
-            .send(reqwest::Method::POST, "/v1/publish", Some(json!(items)))
-            .await;
-        assert_eq!(status, 200, "batch answered {answer}");
-        answer["results"]
-            .as_array()
-            .expect("results")
-            .iter()
-            .map(|r| r["seq"].as_u64().expect("seq"))
-            .collect()
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
-        };
-        (status, value)
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.send(reqwest::Method::POST, path, body).await
-    }
-
-    /// The entry of `GET /v1/subscriptions` for `name`.
-    async fn subscription(&self, name: &str) -> Value {
-        let (status, all) = self.get("/v1/subscriptions").await;
-        assert_eq!(status, 200, "{all}");
-        all["subscriptions"]
-            .as_array()
-            .expect("subscriptions")
-            .iter()
-            .find(|s| s["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no subscription {name} in {all}"))
-    }
-
-    /// `GET /v1/dead-letters/{name}` items.
-    async fn dead_letters(&self, name: &str) -> Vec<Value> {
-        let (status, page) = self.get(&format!("/v1/dead-letters/{name}")).await;
-        assert_eq!(status, 200, "{page}");
-        page["items"].as_array().expect("items").clone()
-    }
-
-    /// Waits until the subscription holds nothing: nothing pending, nothing
-    /// unacknowledged, nothing in flight.
-    async fn wait_drained(&self, name: &str) {
-        eventually(&format!("{name} drained"), || async {
-            let s = self.subscription(name).await;
-            (s["pending"] == 0 && s["ack_pending"] == 0 && s["in_flight"] == 0).then_some(())
-        })
-        .await;
-    }
-}
-
-/// Waits until a metric series has exactly `want`.
-async fn wait_metric(s: &Sidecar, name: &str, labels: &[(&str, &str)], want: f64) {
-    let what = format!("{name}{labels:?} == {want}");
-    eventually(&what, || async {
-        (s.metric(name, labels).await == want).then_some(())
-    })
-    .await;
-}
 
 /// A negative can only be seen over time: checks that `holds` stays true
 /// for `window`, polling.
@@ -213,33 +77,6 @@ fn sequence(r: &Received) -> u64 {
         .expect("sequence")
         .parse()
         .expect("number")
-}
-
-/// Every message of the dead-letter stream, read with a plain client.
-async fn dlq_stream(nats: &Nats) -> Vec<async_nats::jetstream::message::StreamMessage> {
-    let js = nats.client().await;
-    let mut stream = js
-        .get_stream("JETWAY_DLQ")
-        .await
-        .expect("JETWAY_DLQ exists");
-    let state = stream.info().await.expect("info").state.clone();
-    let mut out = Vec::new();
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            out.push(m);
-        }
-    }
-    out
-}
-
-fn nats_header<'a>(
-    m: &'a async_nats::jetstream::message::StreamMessage,
-    name: &str,
-) -> Option<&'a str> {
-    m.headers.get(name).map(|v| v.as_str())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

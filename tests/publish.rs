@@ -3,104 +3,18 @@
 //! stored message read back byte for byte, dedup, batches, the metrics,
 //! readiness and the OpenAPI document agreeing with the router.
 mod common;
+use common::api::{answer, post, post_batch};
+use common::metrics::outcome;
+use common::nats::{stored, stored_count};
 use common::*;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-
-/// What the sidecar answered.
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-
-    fn seq(&self) -> u64 {
-        self.body["seq"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no seq in {}", self.body))
-    }
-}
-
-async fn answer(response: reqwest::Response) -> Answer {
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.expect("response body");
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-        panic!(
-            "{status}: body is not JSON: {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// `POST /v1/publish/{subject}` with the given headers.
-async fn post(
-    s: &Sidecar,
-    subject: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<reqwest::Body>,
-) -> Answer {
-    let mut request = s
-        .http
-        .post(s.url(&format!("/v1/publish/{subject}")))
-        .body(body);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    answer(request.send().await.expect("publish request")).await
-}
-
-/// `POST /v1/publish` (a batch).
-async fn post_batch(s: &Sidecar, content_type: &str, body: String) -> Answer {
-    let response = s
-        .http
-        .post(s.url("/v1/publish"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("batch request");
-    answer(response).await
-}
-
-/// `jetway_publish_total{stream, outcome}`.
-async fn outcome(s: &Sidecar, stream: &str, outcome: &str) -> f64 {
-    s.metric(
-        "jetway_publish_total",
-        &[("stream", stream), ("outcome", outcome)],
-    )
-    .await
-}
-
-/// How many messages the ORDERS stream holds.
-async fn stored_count(nats: &Nats) -> u64 {
-    let js = nats.client().await;
-    let mut stream = js.get_stream("ORDERS").await.expect("ORDERS exists");
-    stream.info().await.expect("stream info").state.messages
-}
-
-async fn stored(nats: &Nats, seq: u64) -> async_nats::jetstream::message::StreamMessage {
-    let js = nats.client().await;
-    let stream = js.get_stream("ORDERS").await.expect("ORDERS exists");
-    stream.get_raw_message(seq).await.expect("stored message")
-}
 
 /// Every stored header as sorted (name, value) pairs, names as stored.
 fn header_pairs(headers: &async_nats::HeaderMap) -> Vec<(String, String)> {
@@ -371,7 +285,7 @@ async fn subject_no_stream_captures_is_404() {
     let s = Sidecar::start(&config_yaml(&nats, "")).await;
     let started = Instant::now();
     let a = post(&s, "payments.received", &[], &b"x"[..]).await;
-    assert_eq!((a.status, a.code()), (404, "no_stream"), "{}", a.body);
+    a.assert_error(404, "no_stream");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "answered at once"
@@ -385,7 +299,7 @@ async fn subject_no_stream_captures_is_404() {
         &b"x"[..],
     )
     .await;
-    assert_eq!((a.status, a.code()), (404, "no_stream"), "{}", a.body);
+    a.assert_error(404, "no_stream");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(outcome(&s, "unknown", "no_stream").await, 2.0);
     s.stop().await;
@@ -406,7 +320,7 @@ async fn failed_expectation_is_409_with_last_sequence() {
         &b"x"[..],
     )
     .await;
-    assert_eq!((a.status, a.code()), (409, "conflict"), "{}", a.body);
+    a.assert_error(409, "conflict");
     assert_eq!(a.body["error"]["last_sequence"], 2);
 
     let a = post(
@@ -416,7 +330,7 @@ async fn failed_expectation_is_409_with_last_sequence() {
         &b"x"[..],
     )
     .await;
-    assert_eq!((a.status, a.code()), (409, "conflict"), "{}", a.body);
+    a.assert_error(409, "conflict");
     assert_eq!(
         a.body["error"]["last_sequence"], 0,
         "a subject without messages"
@@ -446,7 +360,7 @@ async fn failed_expectation_is_409_with_last_sequence() {
         &b"x"[..],
     )
     .await;
-    assert_eq!((a.status, a.code()), (409, "conflict"), "{}", a.body);
+    a.assert_error(409, "conflict");
     assert_eq!(a.body["error"]["last_sequence"], 4);
     let a = post(
         &s,
@@ -464,7 +378,7 @@ async fn failed_expectation_is_409_with_last_sequence() {
         &b"x"[..],
     )
     .await;
-    assert_eq!((a.status, a.code()), (409, "conflict"), "{}", a.body);
+    a.assert_error(409, "conflict");
     assert!(a.body["error"].get("last_sequence").is_none(), "{}", a.body);
     let a = post(
         &s,
@@ -487,12 +401,7 @@ async fn body_over_max_body_is_413() {
     let a = post(&s, "orders.x", &[], vec![b'a'; 1024]).await;
     assert_eq!(a.status, 200, "exactly max_body is fine: {}", a.body);
     let a = post(&s, "orders.x", &[], vec![b'a'; 1025]).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (413, "payload_too_large"),
-        "{}",
-        a.body
-    );
+    a.assert_error(413, "payload_too_large");
     assert_eq!(stored_count(&nats).await, 1);
     assert_eq!(outcome(&s, "ORDERS", "too_large").await, 1.0);
     s.stop().await;
@@ -520,12 +429,7 @@ async fn chunked_body_over_max_body_is_413_without_reading_it_all() {
         .expect("refused before the whole body was sent")
         .expect("an answer, not a broken connection");
     let a = answer(response).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (413, "payload_too_large"),
-        "{}",
-        a.body
-    );
+    a.assert_error(413, "payload_too_large");
     let sent = sent.load(Ordering::SeqCst);
     assert!(
         sent < TOTAL / 4,
@@ -543,12 +447,7 @@ async fn body_over_the_servers_max_payload_is_413() {
     let nats = Nats::start_with(&["-c", conf.path().to_str().expect("utf-8 path")]);
     let s = Sidecar::start(&config_yaml(&nats, "")).await;
     let a = post(&s, "orders.x", &[], vec![b'a'; 4096]).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (413, "payload_too_large"),
-        "{}",
-        a.body
-    );
+    a.assert_error(413, "payload_too_large");
     let a = post(&s, "orders.x", &[], vec![b'a'; 1024]).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(stored_count(&nats).await, 1);
@@ -600,7 +499,7 @@ async fn over_the_in_flight_limit_is_429_with_retry_after() {
                 (207, Some("timeout"))
             );
         } else {
-            assert_eq!((a.status, a.code()), (504, "timeout"), "{}", a.body);
+            a.assert_error(504, "timeout");
         }
     }
     assert_eq!(shed, 4, "all but one of five are shed");
@@ -633,7 +532,7 @@ async fn frozen_nats_is_504_and_the_same_key_is_then_a_duplicate() {
     )
     .await;
     let took = started.elapsed();
-    assert_eq!((a.status, a.code()), (504, "timeout"), "{}", a.body);
+    a.assert_error(504, "timeout");
     // request_timeout is 2s in the test config.
     assert!(
         took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
@@ -686,12 +585,7 @@ async fn stopped_nats_is_503_and_publishing_resumes_after_restart() {
         started.elapsed() < Duration::from_secs(2),
         "answered within request_timeout"
     );
-    assert_eq!(
-        (a.status, a.code()),
-        (503, "nats_unavailable"),
-        "{}",
-        a.body
-    );
+    a.assert_error(503, "nats_unavailable");
     assert!(a.headers.contains_key("retry-after"));
     let a = post_batch(
         &s,
@@ -699,12 +593,7 @@ async fn stopped_nats_is_503_and_publishing_resumes_after_restart() {
         "{\"subject\":\"orders.x\"}\n".into(),
     )
     .await;
-    assert_eq!(
-        (a.status, a.code()),
-        (503, "nats_unavailable"),
-        "{}",
-        a.body
-    );
+    a.assert_error(503, "nats_unavailable");
     assert_eq!(outcome(&s, "ORDERS", "unavailable").await, 2.0);
 
     nats.restart();
@@ -1118,53 +1007,14 @@ async fn openapi_document_and_router_agree() {
     s.stop().await;
 }
 
-/// A sidecar started with `jetway::run` directly, so it can start before
-/// NATS is reachable (`Sidecar::start` waits for readiness).
-struct Unready {
-    api: SocketAddr,
-    metrics: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), jetway::RunError>>,
-}
-
-async fn start_unready(yaml: &str) -> Unready {
-    let config = jetway::Config::from_yaml(yaml, common::least_privilege_env(yaml))
-        .expect("valid test config");
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let (api_addr, metrics_addr) = (
-        api.local_addr().expect("addr"),
-        metrics.local_addr().expect("addr"),
-    );
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(jetway::run(
-        config,
-        jetway::Listeners { api, metrics },
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    Unready {
-        api: api_addr,
-        metrics: metrics_addr,
-        stop,
-        task,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_until_nats_connects() {
     let mut nats = Nats::start();
     nats.stop();
-    let j = start_unready(&config_yaml(&nats, "")).await;
+    let j = Sidecar::start_unready(&config_yaml(&nats, "")).await;
     let http = reqwest::Client::new();
-    let readyz = format!("http://{}/readyz", j.metrics);
-    let healthz = format!("http://{}/healthz", j.metrics);
-    let metrics = format!("http://{}/metrics", j.metrics);
+    let readyz = j.metrics_url("/readyz");
+    let healthz = j.metrics_url("/healthz");
     let (status, reason) = eventually("readyz answers", || {
         let (http, readyz) = (http.clone(), readyz.clone());
         async move {
@@ -1179,59 +1029,22 @@ async fn readyz_is_503_until_nats_connects() {
         http.get(&healthz).send().await.expect("healthz").status(),
         200
     );
-    let text = http
-        .get(&metrics)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = j.metrics_text().await;
     assert_eq!(metric_value(&text, "jetway_nats_connected", &[]), Some(0.0));
-    let r = http
-        .post(format!("http://{}/v1/publish/orders.x", j.api))
-        .body("x")
-        .send()
-        .await
-        .expect("publish");
+    let r = j.publish("orders.x", b"x").await;
     let a = answer(r).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (503, "nats_unavailable"),
-        "{}",
-        a.body
-    );
+    a.assert_error(503, "nats_unavailable");
 
     nats.restart();
-    eventually("ready once NATS is up", || {
-        let (http, readyz) = (http.clone(), readyz.clone());
-        async move {
-            let r = http.get(&readyz).send().await.ok()?;
-            (r.status() == 200).then_some(())
-        }
-    })
-    .await;
-    let r = http
-        .post(format!("http://{}/v1/publish/orders.x", j.api))
-        .body("x")
-        .send()
-        .await
-        .expect("publish");
+    j.wait_ready().await;
+    let r = j.publish("orders.x", b"x").await;
     assert_eq!(r.status(), 200);
-    let text = http
-        .get(&metrics)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = j.metrics_text().await;
     assert_eq!(metric_value(&text, "jetway_nats_connected", &[]), Some(1.0));
     assert_eq!(
         metric_value(&text, "jetway_nats_reconnects_total", &[]),
         Some(0.0),
         "a first connection is not a reconnect"
     );
-    let _ = j.stop.send(());
-    j.task.await.expect("join").expect("run ended cleanly");
+    j.stop().await;
 }
