@@ -3,7 +3,7 @@
 //! record what they receive.
 mod common;
 use common::api::Api;
-use common::config::{sub, subscriptions, FAST_RETRY};
+use common::config::{s1_yaml, sub, FAST_RETRY};
 use common::nats::{dlq_stream, nats_header};
 use common::*;
 
@@ -83,15 +83,12 @@ fn sequence(r: &Received) -> u64 {
 async fn delivers_body_and_every_spec_header() {
     let nats = Nats::start();
     let endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &format!(
-            "publish: {{ forward_headers: [\"x-tenant\"] }}\napp: {{ callback_token: cb-secret-1 }}\n{}",
-            subscriptions(&[sub("s1", "orders.>", &endpoint.url("/hook"), "")])
-        ),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        "publish: { forward_headers: [\"x-tenant\"] }\napp: { callback_token: cb-secret-1 }\n",
+        &[sub("s1", "orders.>", &endpoint.url("/hook"), "")],
+    )
+    .await;
 
     let body: Vec<u8> = (0..=255u8).rev().chain(*b"\r\n\0{}").collect();
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -212,23 +209,10 @@ async fn delivers_body_and_every_spec_header() {
         2.0,
     )
     .await;
-    assert_eq!(
-        sidecar
-            .metric("jetway_delivery_duration_seconds_count", &s1)
-            .await,
-        2.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_delivery_latency_seconds_count", &s1)
-            .await,
-        2.0
-    );
-    assert_eq!(
-        sidecar.metric("jetway_deliveries_in_flight", &s1).await,
-        0.0
-    );
-    assert_eq!(sidecar.metric("jetway_endpoint_up", &s1).await, 1.0);
+    assert_metric(&sidecar, "jetway_delivery_duration_seconds_count", &s1, 2.0).await;
+    assert_metric(&sidecar, "jetway_delivery_latency_seconds_count", &s1, 2.0).await;
+    assert_metric(&sidecar, "jetway_deliveries_in_flight", &s1, 0.0).await;
+    assert_metric(&sidecar, "jetway_endpoint_up", &s1, 1.0).await;
     sidecar.stop().await;
 }
 
@@ -248,12 +232,7 @@ async fn retry_after_is_honoured_and_the_key_is_stable() {
         }
     })
     .await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), FAST_RETRY)]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, FAST_RETRY).await;
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let seq = api
         .publish("orders.created", &[("traceparent", parent)], "retry me")
@@ -290,39 +269,27 @@ async fn retry_after_is_honoured_and_the_key_is_stable() {
         let gap = pair[1] - pair[0];
         assert!(gap >= Duration::from_millis(900), "retried after {gap:?}");
     }
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "retry")]
-            )
-            .await,
-        2.0
-    );
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "dead_letter")]
-            )
-            .await,
-        0.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_dead_letters_total", &[("subscription", "s1")])
-            .await,
-        0.0
-    );
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_delivery_duration_seconds_count",
-                &[("subscription", "s1")]
-            )
-            .await,
-        3.0
-    );
+    assert_counts(
+        &sidecar,
+        "jetway_deliveries_total",
+        "s1",
+        &[("retry", 2.0), ("dead_letter", 0.0)],
+    )
+    .await;
+    assert_metric(
+        &sidecar,
+        "jetway_dead_letters_total",
+        &[("subscription", "s1")],
+        0.0,
+    )
+    .await;
+    assert_metric(
+        &sidecar,
+        "jetway_delivery_duration_seconds_count",
+        &[("subscription", "s1")],
+        3.0,
+    )
+    .await;
     api.wait_drained("s1").await;
     assert!(api.dead_letters("s1").await.is_empty());
     assert!(dlq_stream(&nats).await.is_empty());
@@ -338,15 +305,12 @@ async fn dead_letters_on_400() {
         (StatusCode::BAD_REQUEST, "no such order ".repeat(200)).into_response()
     })
     .await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &format!(
-            "publish: {{ forward_headers: [\"x-tenant\"] }}\n{}",
-            subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), FAST_RETRY)])
-        ),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        "publish: { forward_headers: [\"x-tenant\"] }\n",
+        &[sub("s1", "orders.>", &endpoint.url("/e"), FAST_RETRY)],
+    )
+    .await;
     let body = br#"{"order":7}"#;
     let seq = api
         .publish(
@@ -426,34 +390,20 @@ async fn dead_letters_on_400() {
 
     let s1 = api.subscription("s1").await;
     assert_eq!(s1["dead_letters"], 1);
-    let labels = |outcome| [("subscription", "s1"), ("outcome", outcome)];
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("dead_letter"))
-            .await,
-        1.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("retry"))
-            .await,
-        0.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("success"))
-            .await,
-        0.0
-    );
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_dead_letters_total",
-                &[("subscription", "s1"), ("reason", "exhausted")]
-            )
-            .await,
-        0.0
-    );
+    assert_counts(
+        &sidecar,
+        "jetway_deliveries_total",
+        "s1",
+        &[("dead_letter", 1.0), ("retry", 0.0), ("success", 0.0)],
+    )
+    .await;
+    assert_counts(
+        &sidecar,
+        "jetway_dead_letters_total",
+        "s1",
+        &[("exhausted", 0.0)],
+    )
+    .await;
     sidecar.stop().await;
 }
 
@@ -461,12 +411,7 @@ async fn dead_letters_on_400() {
 async fn failed_dead_letter_store_never_acks_the_original() {
     let nats = Nats::start();
     let endpoint = Endpoint::start(|_, _| async { status(StatusCode::GONE) }).await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), FAST_RETRY)]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, FAST_RETRY).await;
     // The dead-letter stream disappears behind jetway's back.
     let js = nats.client().await;
     js.delete_stream("JETWAY_DLQ")
@@ -479,12 +424,13 @@ async fn failed_dead_letter_store_never_acks_the_original() {
         s["ack_pending"], 1,
         "the original stays unacknowledged: {s}"
     );
-    assert_eq!(
-        sidecar
-            .metric("jetway_dead_letters_total", &[("subscription", "s1")])
-            .await,
-        0.0
-    );
+    assert_metric(
+        &sidecar,
+        "jetway_dead_letters_total",
+        &[("subscription", "s1")],
+        0.0,
+    )
+    .await;
 
     // Back again: the next attempt stores the dead letter.
     js.create_stream(async_nats::jetstream::stream::Config {
@@ -520,17 +466,8 @@ async fn timeout_is_retried() {
         status(StatusCode::OK)
     })
     .await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            &format!("timeout: 1s, {FAST_RETRY}"),
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) =
+        Api::start_s1(&nats, &endpoint, &format!("timeout: 1s, {FAST_RETRY}")).await;
     api.publish("orders.created", &[], "late").await;
     wait_metric(
         &sidecar,
@@ -541,15 +478,7 @@ async fn timeout_is_retried() {
     .await;
     api.wait_drained("s1").await;
     assert_eq!(attempts(&endpoint.received()), vec![1, 2]);
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "retry")]
-            )
-            .await,
-        1.0
-    );
+    assert_counts(&sidecar, "jetway_deliveries_total", "s1", &[("retry", 1.0)]).await;
     assert!(api.dead_letters("s1").await.is_empty());
     sidecar.stop().await;
 }
@@ -559,17 +488,12 @@ async fn exhausted_after_max_attempts() {
     let nats = Nats::start();
     let endpoint =
         Endpoint::start(|_, _| async { status(StatusCode::INTERNAL_SERVER_ERROR) }).await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start_s1(
         &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            "retry: { max_attempts: 3, initial_backoff: 100ms, jitter: 0 }",
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        &endpoint,
+        "retry: { max_attempts: 3, initial_backoff: 100ms, jitter: 0 }",
+    )
+    .await;
     let seq = api.publish("orders.created", &[], "doomed").await;
 
     wait_metric(
@@ -596,34 +520,20 @@ async fn exhausted_after_max_attempts() {
     assert_eq!(nats_header(&stored[0], "Jetway-Dlq-Attempts"), Some("3"));
     assert_eq!(nats_header(&stored[0], "Jetway-Dlq-Status"), Some("500"));
 
-    let labels = |outcome| [("subscription", "s1"), ("outcome", outcome)];
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("retry"))
-            .await,
-        2.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("dead_letter"))
-            .await,
-        1.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("success"))
-            .await,
-        0.0
-    );
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_dead_letters_total",
-                &[("subscription", "s1"), ("reason", "rejected")]
-            )
-            .await,
-        0.0
-    );
+    assert_counts(
+        &sidecar,
+        "jetway_deliveries_total",
+        "s1",
+        &[("retry", 2.0), ("dead_letter", 1.0), ("success", 0.0)],
+    )
+    .await;
+    assert_counts(
+        &sidecar,
+        "jetway_dead_letters_total",
+        "s1",
+        &[("rejected", 0.0)],
+    )
+    .await;
     sidecar.stop().await;
 }
 
@@ -634,9 +544,10 @@ async fn replay_delivers_to_that_subscription_only() {
     let s1_endpoint =
         switch_endpoint(&broken, StatusCode::UNPROCESSABLE_ENTITY, StatusCode::OK).await;
     let s2_endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &subscriptions(&[
+        "",
+        &[
             sub("s1", "orders.created", &s1_endpoint.url("/e"), FAST_RETRY),
             // Ordered, so that once the marker below arrives, anything
             // stored before it has arrived too.
@@ -646,10 +557,9 @@ async fn replay_delivers_to_that_subscription_only() {
                 &s2_endpoint.url("/e"),
                 "ordered: true",
             ),
-        ]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        ],
+    )
+    .await;
     let seq1 = api
         .publish("orders.created", &[("content-type", "text/plain")], "r1")
         .await;
@@ -847,17 +757,8 @@ async fn signatures_verify_with_the_standard_webhooks_scheme() {
     let endpoint = Endpoint::ok().await;
     let secret = format!("whsec_{}", B64.encode(b"a 32 byte key for jetway tests!!"));
     let other = format!("whsec_{}", B64.encode(b"another 32 byte key, not the one"));
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            &format!("signing_secret: \"{secret}\""),
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) =
+        Api::start_s1(&nats, &endpoint, &format!("signing_secret: \"{secret}\"")).await;
     api.publish(
         "orders.created",
         &[
@@ -905,19 +806,19 @@ async fn endpoint_down_then_up_delivers_everything_without_dead_letters() {
     let nats = Nats::start();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/e");
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &subscriptions(&[sub(
+        "",
+        &[sub(
             "s1",
             "orders.>",
             &url,
             "retry: { max_attempts: 2, initial_backoff: 100ms, jitter: 0 }",
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        )],
+    )
+    .await;
     let up = [("subscription", "s1")];
-    assert_eq!(sidecar.metric("jetway_endpoint_up", &up).await, 1.0);
+    assert_metric(&sidecar, "jetway_endpoint_up", &up, 1.0).await;
 
     api.publish_many("orders.created", 5).await;
     eventually("state endpoint_down", || async {
@@ -948,16 +849,14 @@ async fn endpoint_down_then_up_delivers_everything_without_dead_letters() {
     }
     wait_metric(&sidecar, "jetway_endpoint_up", &up, 1.0).await;
     assert_eq!(api.subscription("s1").await["state"], "running");
-    assert_eq!(sidecar.metric("jetway_dead_letters_total", &up).await, 0.0);
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "success")]
-            )
-            .await,
-        10.0
-    );
+    assert_metric(&sidecar, "jetway_dead_letters_total", &up, 0.0).await;
+    assert_counts(
+        &sidecar,
+        "jetway_deliveries_total",
+        "s1",
+        &[("success", 10.0)],
+    )
+    .await;
     assert!(api.dead_letters("s1").await.is_empty());
     assert!(dlq_stream(&nats).await.is_empty());
     sidecar.stop().await;
@@ -969,16 +868,12 @@ async fn health_url_gates_delivery() {
     let healthy = Arc::new(AtomicBool::new(false));
     let health = switch_endpoint(&healthy, StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE).await;
     let endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &format!(
-            "app: {{ health_url: \"{}\" }}\n{}",
-            health.url("/healthz"),
-            subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "")])
-        ),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        &format!("app: {{ health_url: \"{}\" }}\n", health.url("/healthz")),
+        &[sub("s1", "orders.>", &endpoint.url("/e"), "")],
+    )
+    .await;
     let s1 = [("subscription", "s1")];
     api.publish_many("orders.created", 3).await;
 
@@ -990,10 +885,7 @@ async fn health_url_gates_delivery() {
     wait_metric(&sidecar, "jetway_endpoint_up", &s1, 0.0).await;
     // Refreshed every 5s.
     wait_metric(&sidecar, "jetway_consumer_pending", &s1, 3.0).await;
-    assert_eq!(
-        sidecar.metric("jetway_consumer_ack_pending", &s1).await,
-        0.0
-    );
+    assert_metric(&sidecar, "jetway_consumer_ack_pending", &s1, 0.0).await;
     // The app was asked again and still said no: nothing was delivered.
     let probes = health.count();
     health.wait_for(probes + 1).await;
@@ -1007,7 +899,7 @@ async fn health_url_gates_delivery() {
     assert_eq!(api.subscription("s1").await["state"], "running");
     wait_metric(&sidecar, "jetway_endpoint_up", &s1, 1.0).await;
     wait_metric(&sidecar, "jetway_consumer_pending", &s1, 0.0).await;
-    assert_eq!(sidecar.metric("jetway_dead_letters_total", &s1).await, 0.0);
+    assert_metric(&sidecar, "jetway_dead_letters_total", &s1, 0.0).await;
     sidecar.stop().await;
 }
 
@@ -1017,16 +909,12 @@ async fn health_url_failing_later_holds_back_new_events() {
     let healthy = Arc::new(AtomicBool::new(true));
     let health = switch_endpoint(&healthy, StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE).await;
     let endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &format!(
-            "app: {{ health_url: \"{}\" }}\n{}",
-            health.url("/healthz"),
-            subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "")])
-        ),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        &format!("app: {{ health_url: \"{}\" }}\n", health.url("/healthz")),
+        &[sub("s1", "orders.>", &endpoint.url("/e"), "")],
+    )
+    .await;
     let s1 = [("subscription", "s1")];
     api.publish_many("orders.created", 3).await;
     endpoint.wait_for(3).await;
@@ -1050,7 +938,7 @@ async fn health_url_failing_later_holds_back_new_events() {
     api.wait_drained("s1").await;
     assert_eq!(endpoint.by_key().len(), 5);
     wait_metric(&sidecar, "jetway_endpoint_up", &s1, 1.0).await;
-    assert_eq!(sidecar.metric("jetway_dead_letters_total", &s1).await, 0.0);
+    assert_metric(&sidecar, "jetway_dead_letters_total", &s1, 0.0).await;
     sidecar.stop().await;
 }
 
@@ -1068,17 +956,12 @@ async fn ordered_delivery_is_strict_even_with_a_failing_message() {
         }
     })
     .await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start_s1(
         &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            &format!("ordered: true, concurrency: 8, {FAST_RETRY}"),
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        &endpoint,
+        &format!("ordered: true, concurrency: 8, {FAST_RETRY}"),
+    )
+    .await;
     let mut seqs = api.publish_many("orders.created", 50).await;
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=50).collect::<Vec<u64>>());
@@ -1097,15 +980,7 @@ async fn ordered_delivery_is_strict_even_with_a_failing_message() {
     assert_eq!(arrived, want);
     assert_eq!(attempts(&endpoint.received()[19..22]), vec![1, 2, 3]);
     assert_eq!(endpoint.max_in_flight(), 1);
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "retry")]
-            )
-            .await,
-        2.0
-    );
+    assert_counts(&sidecar, "jetway_deliveries_total", "s1", &[("retry", 2.0)]).await;
     sidecar.stop().await;
 }
 
@@ -1117,12 +992,7 @@ async fn concurrency_bounds_requests_in_flight() {
         status(StatusCode::OK)
     })
     .await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "concurrency: 4")]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, "concurrency: 4").await;
     api.publish_many("orders.created", 16).await;
     let s1 = [("subscription", "s1")];
     eventually("4 in flight", || async {
@@ -1157,12 +1027,7 @@ async fn slow_endpoint_beyond_ack_wait_is_not_redelivered() {
     })
     .await;
     // timeout 6s: ack wait 3s, shorter than the endpoint takes.
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "timeout: 6s")]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, "timeout: 6s").await;
     api.publish("orders.created", &[], "slow").await;
     wait_metric(
         &sidecar,
@@ -1174,15 +1039,7 @@ async fn slow_endpoint_beyond_ack_wait_is_not_redelivered() {
     api.wait_drained("s1").await;
     assert_eq!(endpoint.count(), 1, "redelivered while in flight");
     assert_eq!(endpoint.max_in_flight(), 1);
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "retry")]
-            )
-            .await,
-        0.0
-    );
+    assert_counts(&sidecar, "jetway_deliveries_total", "s1", &[("retry", 0.0)]).await;
     sidecar.stop().await;
 }
 
@@ -1197,17 +1054,7 @@ async fn messages_held_for_a_slot_beyond_ack_wait_are_not_redelivered() {
     // Concurrency 1 and timeout 4s: ack wait 2s. The look-ahead takes all
     // four at once; the last waits 4.5 s for the one slot, kept alive by
     // in-progress acks, so JetStream never hands it out a second time.
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            "concurrency: 1, timeout: 4s",
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, "concurrency: 1, timeout: 4s").await;
     api.publish_many("orders.created", 4).await;
     wait_metric(
         &sidecar,
@@ -1235,10 +1082,7 @@ async fn two_instances_share_the_work_exactly_once() {
         status(StatusCode::OK)
     })
     .await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "concurrency: 8")]),
-    );
+    let yaml = s1_yaml(&nats, &endpoint, "concurrency: 8");
     let a = Sidecar::start(&yaml).await;
     let b = Sidecar::start(&yaml).await;
     Api::of(&a).publish_many("orders.created", 200).await;
@@ -1301,10 +1145,7 @@ async fn sigterm_lets_deliveries_in_flight_finish() {
         done.clone(),
     ))
     .await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "concurrency: 4")]),
-    );
+    let yaml = s1_yaml(&nats, &endpoint, "concurrency: 4");
     let first = Sidecar::start(&yaml).await;
     let keys: HashSet<String> = Api::of(&first)
         .publish_many("orders.created", 12)
@@ -1349,12 +1190,13 @@ async fn sigterm_lets_deliveries_in_flight_finish() {
         "acknowledged ones came again (key, attempt): {again:?}, in flight at stop: {in_flight:?}"
     );
     assert!(dlq_stream(&nats).await.is_empty());
-    assert_eq!(
-        second
-            .metric("jetway_dead_letters_total", &[("subscription", "s1")])
-            .await,
-        0.0
-    );
+    assert_metric(
+        &second,
+        "jetway_dead_letters_total",
+        &[("subscription", "s1")],
+        0.0,
+    )
+    .await;
     second.stop().await;
 }
 
@@ -1371,16 +1213,8 @@ async fn sigterm_hands_back_deliveries_that_outlive_the_grace() {
     .await;
     // timeout 60s: ack wait 30s, longer than `eventually` waits, so only a
     // NAK on shutdown can bring the messages back in time.
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            "concurrency: 4, timeout: 60s",
-        )]),
-    )
-    .replace("shutdown_grace: 5s", "shutdown_grace: 1s");
+    let yaml = s1_yaml(&nats, &endpoint, "concurrency: 4, timeout: 60s")
+        .replace("shutdown_grace: 5s", "shutdown_grace: 1s");
     let mut first = Process::spawn(&yaml);
     first.wait_ready().await;
     let keys: HashSet<String> = Api::of_process(&first)
@@ -1418,12 +1252,13 @@ async fn sigterm_hands_back_deliveries_that_outlive_the_grace() {
         assert_eq!(r.header("jetway-attempt").as_deref(), Some("2"));
     }
     assert!(dlq_stream(&nats).await.is_empty());
-    assert_eq!(
-        second
-            .metric("jetway_dead_letters_total", &[("subscription", "s1")])
-            .await,
-        0.0
-    );
+    assert_metric(
+        &second,
+        "jetway_dead_letters_total",
+        &[("subscription", "s1")],
+        0.0,
+    )
+    .await;
     second.stop().await;
 }
 
@@ -1438,15 +1273,7 @@ async fn kill9_during_deliveries_loses_nothing() {
     ))
     .await;
     // timeout 4s: ack wait 2s, so a dead sidecar's messages come back soon.
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            "concurrency: 4, timeout: 4s",
-        )]),
-    );
+    let yaml = s1_yaml(&nats, &endpoint, "concurrency: 4, timeout: 4s");
     let mut first = Process::spawn(&yaml);
     first.wait_ready().await;
     let keys: HashSet<String> = Api::of_process(&first)
@@ -1474,12 +1301,7 @@ async fn kill9_during_deliveries_loses_nothing() {
 async fn pause_and_resume() {
     let nats = Nats::start();
     let endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "")]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, "").await;
 
     let s = api.subscription("s1").await;
     assert_eq!(s["subject"], "orders.>");

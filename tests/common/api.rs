@@ -3,7 +3,8 @@
 
 use serde_json::{json, Value};
 
-use super::{eventually, Process, Sidecar};
+use super::config::{s1_yaml, subscriptions};
+use super::{config_yaml, eventually, Endpoint, Nats, Process, Sidecar};
 
 /// The `/v1` API of a sidecar, in-process or a child process.
 pub struct Api {
@@ -17,6 +18,23 @@ impl Api {
             http: s.http.clone(),
             base: s.url(""),
         }
+    }
+
+    /// A sidecar of [`config_yaml`] with `head` (more top-level YAML) and
+    /// the `subscriptions` `subs`, and its API.
+    pub async fn start(nats: &Nats, head: &str, subs: &[String]) -> (Sidecar, Api) {
+        let yaml = config_yaml(nats, &format!("{head}{}", subscriptions(subs)));
+        let sidecar = Sidecar::start(&yaml).await;
+        let api = Api::of(&sidecar);
+        (sidecar, api)
+    }
+
+    /// [`Api::start`] with the one subscription `s1` of `orders.>` to
+    /// `endpoint` (path `/e`); `extra` is more keys of that entry.
+    pub async fn start_s1(nats: &Nats, endpoint: &Endpoint, extra: &str) -> (Sidecar, Api) {
+        let sidecar = Sidecar::start(&s1_yaml(nats, endpoint, extra)).await;
+        let api = Api::of(&sidecar);
+        (sidecar, api)
     }
 
     pub fn of_process(p: &Process) -> Api {

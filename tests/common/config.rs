@@ -1,6 +1,6 @@
 //! Test configs: the one-stream base and `subscriptions` entries.
 
-use super::Nats;
+use super::{Endpoint, Nats};
 
 /// A config with one stream (`ORDERS`, subjects `orders.>`) for `nats`,
 /// plus `extra` YAML appended (subscriptions and the like).
@@ -36,4 +36,13 @@ pub fn subscriptions(entries: &[String]) -> String {
 /// [`config_yaml`] with one subscription `s1` of `orders.>` to `endpoint`.
 pub fn one_subscription_yaml(nats: &Nats, endpoint: &str) -> String {
     config_yaml(nats, &subscriptions(&[sub("s1", "orders.>", endpoint, "")]))
+}
+
+/// [`config_yaml`] with the one subscription `s1` of `orders.>` to
+/// `endpoint` (path `/e`); `extra` is more keys of that entry.
+pub fn s1_yaml(nats: &Nats, endpoint: &Endpoint, extra: &str) -> String {
+    config_yaml(
+        nats,
+        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), extra)]),
+    )
 }
