@@ -141,20 +141,21 @@ fn spawn_jetway(yaml: &str) -> Process {
     Process::spawn_without_env(yaml, &["JETWAY_FAULTS"])
 }
 
+/// [`spawn_jetway`], once it is ready.
+async fn spawn_ready(yaml: &str) -> Process {
+    let jetway = spawn_jetway(yaml);
+    jetway.wait_ready().await;
+    jetway
+}
+
 fn api_url(p: &Process) -> String {
     format!("http://{}", p.api)
 }
 
 /// Deliveries a jetway process has completed (`outcome="success"`).
 async fn delivered_by(p: &Process) -> u64 {
-    let url = format!("http://{}/metrics", p.metrics);
-    let text = reqwest::get(url)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    metric_value(&text, "jetway_deliveries_total", &[("outcome", "success")]).unwrap_or(0.0) as u64
+    p.metric("jetway_deliveries_total", &[("outcome", "success")])
+        .await as u64
 }
 
 /// What the publishers saw.
@@ -883,15 +884,7 @@ impl Cluster {
             .spawn()
             .expect("spawn nats-server");
         node.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} did not start",
-                node.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(node.port, &format!("nats-server {}", node.name));
     }
 
     fn kill(&mut self, name: &str) -> usize {
@@ -944,43 +937,110 @@ async fn settled_leader(js: &jetstream::Context) -> String {
 // Scenarios.
 // ---------------------------------------------------------------------
 
+/// What the single-server scenarios start from: a nats-server, an
+/// endpoint that records what it processed (taking `delay(n)` per
+/// request), the jetway config for them, and the publishers' ledger.
+struct Rig {
+    profile: Profile,
+    nats: Nats,
+    processed: Processed,
+    endpoint: Endpoint,
+    yaml: String,
+    ledger: SharedLedger,
+}
+
+impl Rig {
+    async fn start(delay: impl Fn(usize) -> Duration + Send + Sync + 'static) -> Rig {
+        let nats = Nats::start();
+        let processed = Processed::default();
+        let endpoint = recording_endpoint(&processed, delay).await;
+        let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
+        Rig {
+            profile: profile(),
+            nats,
+            processed,
+            endpoint,
+            yaml,
+            ledger: SharedLedger::default(),
+        }
+    }
+
+    /// The endpoint most scenarios use: a few milliseconds a request.
+    async fn start_quick() -> Rig {
+        Rig::start(|n| Duration::from_millis(5 + (n % 20) as u64)).await
+    }
+
+    /// A jetway of this rig's config, ready.
+    async fn jetway(&self) -> Process {
+        spawn_ready(&self.yaml).await
+    }
+
+    /// Starts the publishers (all with keys) against `target`.
+    fn load(&self, scenario: &str, target: &Target) -> tokio::task::JoinHandle<()> {
+        start_load(
+            scenario,
+            self.profile,
+            0,
+            target.clone(),
+            self.ledger.clone(),
+        )
+    }
+
+    /// Waits until part `k + 1` of `of + 1` of the messages was acked:
+    /// the moment for fault `k` of `of`.
+    async fn wait_part(&self, k: usize, of: usize) {
+        wait_acked(&self.ledger, self.profile.total() * (k + 1) / (of + 1)).await;
+    }
+
+    /// [`account`] for this rig, `faults` faults of which the publishers
+    /// may see connection errors (`connection_errors`).
+    async fn account(
+        &self,
+        scenario: &str,
+        description: &str,
+        connection_errors: bool,
+        faults: usize,
+    ) {
+        account(
+            scenario,
+            description,
+            self.profile,
+            &self.nats.url(),
+            &self.ledger,
+            &self.processed,
+            &|| format!("requests={}", self.endpoint.count()),
+            Expect {
+                connection_errors,
+                max_duplicates: dup_bound(self.profile, faults),
+            },
+        )
+        .await;
+    }
+}
+
 /// 1. kill -9 of jetway mid-load, then a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s1_kill9_jetway_and_restart() {
     let _serial = SERIAL.lock().await;
-    let profile = profile();
-    let nats = Nats::start();
-    let processed = Processed::default();
-    let endpoint =
-        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
-    let mut jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
+    let rig = Rig::start_quick().await;
+    let profile = rig.profile;
+    let mut jetway = rig.jetway().await;
     let target = Target::new(&[api_url(&jetway)]);
-    let ledger = SharedLedger::default();
-    let load = start_load("s1", profile, 0, target.clone(), ledger.clone());
+    let load = rig.load("s1", &target);
 
     let kills = if profile.name == "full" { 3 } else { 1 };
     for k in 0..kills {
-        wait_acked(&ledger, profile.total() * (k + 1) / (kills + 1)).await;
+        rig.wait_part(k, kills).await;
         jetway.kill9();
-        jetway = spawn_jetway(&yaml);
-        jetway.wait_ready().await;
+        jetway = rig.jetway().await;
         target.set(&[api_url(&jetway)]);
     }
     load.await.expect("load");
-    account(
+    rig.account(
         "1 kill -9 jetway",
         &format!("kill -9 jetway x{kills} mid-load, restart at once"),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
-        &|| format!("requests={}", endpoint.count()),
-        Expect {
-            connection_errors: true,
-            max_duplicates: dup_bound(profile, kills),
-        },
+        true,
+        kills,
     )
     .await;
 }
@@ -990,44 +1050,25 @@ async fn s1_kill9_jetway_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s2_nats_restart_same_store() {
     let _serial = SERIAL.lock().await;
-    let profile = profile();
-    let mut nats = Nats::start();
-    let processed = Processed::default();
-    let endpoint =
-        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
-    let jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
-    let ledger = SharedLedger::default();
-    let load = start_load(
-        "s2",
-        profile,
-        0,
-        Target::new(&[api_url(&jetway)]),
-        ledger.clone(),
-    );
+    let mut rig = Rig::start_quick().await;
+    let profile = rig.profile;
+    let jetway = rig.jetway().await;
+    let load = rig.load("s2", &Target::new(&[api_url(&jetway)]));
 
     let gap = profile.fault / 2;
     let restarts = if profile.name == "full" { 3 } else { 1 };
     for k in 0..restarts {
-        wait_acked(&ledger, profile.total() * (k + 1) / (restarts + 1)).await;
-        nats.stop();
+        rig.wait_part(k, restarts).await;
+        rig.nats.stop();
         tokio::time::sleep(gap).await;
-        nats.restart();
+        rig.nats.restart();
     }
     load.await.expect("load");
-    account(
+    rig.account(
         "2 nats-server restart",
         &format!("kill -9 nats-server x{restarts}, down {gap:?}, same store"),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
-        &|| format!("requests={}", endpoint.count()),
-        Expect {
-            connection_errors: false,
-            max_duplicates: dup_bound(profile, restarts),
-        },
+        false,
+        restarts,
     )
     .await;
 }
@@ -1036,43 +1077,24 @@ async fn s2_nats_restart_same_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_nats_frozen() {
     let _serial = SERIAL.lock().await;
-    let profile = profile();
-    let nats = Nats::start();
-    let processed = Processed::default();
-    let endpoint =
-        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
-    let jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
-    let ledger = SharedLedger::default();
-    let load = start_load(
-        "s3",
-        profile,
-        0,
-        Target::new(&[api_url(&jetway)]),
-        ledger.clone(),
-    );
+    let rig = Rig::start_quick().await;
+    let profile = rig.profile;
+    let jetway = rig.jetway().await;
+    let load = rig.load("s3", &Target::new(&[api_url(&jetway)]));
 
     let freezes = if profile.name == "full" { 2 } else { 1 };
     for k in 0..freezes {
-        wait_acked(&ledger, profile.total() * (k + 1) / (freezes + 1)).await;
-        nats.freeze();
+        rig.wait_part(k, freezes).await;
+        rig.nats.freeze();
         tokio::time::sleep(profile.fault).await;
-        nats.thaw();
+        rig.nats.thaw();
     }
     load.await.expect("load");
-    account(
+    rig.account(
         "3 nats-server SIGSTOP",
         &format!("SIGSTOP nats-server x{freezes} for {:?}", profile.fault),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
-        &|| format!("requests={}", endpoint.count()),
-        Expect {
-            connection_errors: false,
-            max_duplicates: dup_bound(profile, freezes),
-        },
+        false,
+        freezes,
     )
     .await;
 }
@@ -1100,9 +1122,7 @@ async fn s4_cluster_leader_killed() {
         Duration::from_secs(90),
         "jetway ready on the cluster",
         || async {
-            let r = reqwest::get(format!("http://{}/readyz", jetway.metrics))
-                .await
-                .ok()?;
+            let r = reqwest::get(jetway.metrics_url("/readyz")).await.ok()?;
             (r.status() == 200).then_some(())
         },
     )
@@ -1174,8 +1194,7 @@ async fn s5_endpoint_flaps() {
     })
     .await;
     let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url(), FLAKY_RETRY, "");
-    let jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
+    let jetway = spawn_ready(&yaml).await;
     let ledger = SharedLedger::default();
     let load = start_load(
         "s5",
@@ -1248,8 +1267,7 @@ async fn s6_endpoint_breaks_http() {
     })
     .await;
     let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url(), FLAKY_RETRY, "");
-    let jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
+    let jetway = spawn_ready(&yaml).await;
     let ledger = SharedLedger::default();
     let load = start_load(
         "s6",
@@ -1293,49 +1311,33 @@ async fn s6_endpoint_breaks_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s7_sigterm_under_load() {
     let _serial = SERIAL.lock().await;
-    let profile = profile();
-    let nats = Nats::start();
-    let processed = Processed::default();
     // Slow enough that deliveries are in flight when the signal comes.
-    let endpoint = recording_endpoint(&processed, |n| {
-        Duration::from_millis(50 + (n % 8) as u64 * 25)
-    })
-    .await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
-    let mut jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
+    let rig = Rig::start(|n| Duration::from_millis(50 + (n % 8) as u64 * 25)).await;
+    let profile = rig.profile;
+    let mut jetway = rig.jetway().await;
     let target = Target::new(&[api_url(&jetway)]);
-    let ledger = SharedLedger::default();
-    let load = start_load("s7", profile, 0, target.clone(), ledger.clone());
+    let load = rig.load("s7", &target);
 
     let stops = if profile.name == "full" { 3 } else { 1 };
     let mut took = Vec::new();
     for k in 0..stops {
-        wait_acked(&ledger, profile.total() * (k + 1) / (stops + 1)).await;
+        rig.wait_part(k, stops).await;
         let started = Instant::now();
         let code = jetway.terminate().await;
         took.push(format!("{:.1}s", started.elapsed().as_secs_f64()));
         assert_eq!(code, Some(0), "exit code after SIGTERM");
-        jetway = spawn_jetway(&yaml);
-        jetway.wait_ready().await;
+        jetway = rig.jetway().await;
         target.set(&[api_url(&jetway)]);
     }
     load.await.expect("load");
-    account(
+    rig.account(
         "7 SIGTERM under load",
         &format!(
             "SIGTERM x{stops} (exit 0 after {}), restart",
             took.join(",")
         ),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
-        &|| format!("requests={}", endpoint.count()),
-        Expect {
-            connection_errors: true,
-            max_duplicates: dup_bound(profile, stops),
-        },
+        true,
+        stops,
     )
     .await;
 }
@@ -1344,21 +1346,16 @@ async fn s7_sigterm_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s8_replica_killed() {
     let _serial = SERIAL.lock().await;
-    let profile = profile();
-    let nats = Nats::start();
-    let processed = Processed::default();
-    let endpoint =
-        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
-    let mut a = spawn_jetway(&yaml);
-    let b = spawn_jetway(&yaml);
+    let rig = Rig::start_quick().await;
+    let profile = rig.profile;
+    let mut a = spawn_jetway(&rig.yaml);
+    let b = spawn_jetway(&rig.yaml);
     a.wait_ready().await;
     b.wait_ready().await;
     let target = Target::new(&[api_url(&a), api_url(&b)]);
-    let ledger = SharedLedger::default();
-    let load = start_load("s8", profile, 0, target.clone(), ledger.clone());
+    let load = rig.load("s8", &target);
 
-    wait_acked(&ledger, profile.total() / 3).await;
+    wait_acked(&rig.ledger, profile.total() / 3).await;
     // Both share the consumer: each has delivered part of the messages.
     let (by_a, by_b) = within(
         Duration::from_secs(30),
@@ -1372,20 +1369,13 @@ async fn s8_replica_killed() {
     a.kill9();
     target.set(&[api_url(&b)]);
     load.await.expect("load");
-    account(
+    rig.account(
         "8 replica killed",
         &format!(
             "2 replicas, one consumer; kill -9 replica A mid-load (A had delivered {by_a}, B {by_b}), not restarted"
         ),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
-        &|| format!("requests={}", endpoint.count()),
-        Expect {
-            connection_errors: true,
-            max_duplicates: dup_bound(profile, 1),
-        },
+        true,
+        1,
     )
     .await;
 }

@@ -573,7 +573,7 @@ async fn stopped_nats_is_503_and_publishing_resumes_after_restart() {
     .await;
     let readyz = s
         .http
-        .get(format!("http://{}/readyz", s.metrics))
+        .get(s.metrics_url("/readyz"))
         .send()
         .await
         .expect("readyz");

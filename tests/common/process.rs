@@ -59,6 +59,11 @@ impl Process {
         format!("http://{}{path}", self.api)
     }
 
+    /// A URL on the metrics listener (`/metrics`, `/healthz`, `/readyz`).
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.metrics)
+    }
+
     pub async fn wait_ready(&self) {
         wait_ready(self.metrics).await;
     }

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use super::{least_privilege_env, metric_value, metrics_text, wait_ready};
+use super::config::one_subscription_yaml;
+use super::{least_privilege_env, metric_value, metrics_text, wait_ready, Endpoint, Nats};
 
 /// A whole sidecar running inside the test process.
 pub struct Sidecar {
@@ -110,4 +111,13 @@ impl Drop for Sidecar {
             task.abort();
         }
     }
+}
+
+/// The shortest whole setup: a nats-server, an endpoint that answers 200,
+/// and a sidecar whose subscription `s1` of `orders.>` delivers to it.
+pub async fn start_one_subscription() -> (Nats, Endpoint, Sidecar) {
+    let nats = Nats::start();
+    let endpoint = Endpoint::ok().await;
+    let sidecar = Sidecar::start(&one_subscription_yaml(&nats, &endpoint.url("/e"))).await;
+    (nats, endpoint, sidecar)
 }
