@@ -937,42 +937,38 @@ async fn settled_leader(js: &jetstream::Context) -> String {
 // Scenarios.
 // ---------------------------------------------------------------------
 
-/// What the single-server scenarios start from: a nats-server, an
-/// endpoint that records what it processed (taking `delay(n)` per
-/// request), the jetway config for them, and the publishers' ledger.
+/// What the single-server scenarios start from: the profile, a
+/// nats-server, the record of what the endpoint processed, and the
+/// publishers' ledger.
 struct Rig {
     profile: Profile,
     nats: Nats,
     processed: Processed,
-    endpoint: Endpoint,
-    yaml: String,
     ledger: SharedLedger,
 }
 
 impl Rig {
-    async fn start(delay: impl Fn(usize) -> Duration + Send + Sync + 'static) -> Rig {
-        let nats = Nats::start();
-        let processed = Processed::default();
-        let endpoint = recording_endpoint(&processed, delay).await;
-        let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
+    fn new(profile: Profile) -> Rig {
         Rig {
-            profile: profile(),
-            nats,
-            processed,
-            endpoint,
-            yaml,
+            profile,
+            nats: Nats::start(),
+            processed: Processed::default(),
             ledger: SharedLedger::default(),
         }
     }
 
-    /// The endpoint most scenarios use: a few milliseconds a request.
-    async fn start_quick() -> Rig {
-        Rig::start(|n| Duration::from_millis(5 + (n % 20) as u64)).await
+    /// A recording endpoint that takes a few milliseconds a request.
+    async fn quick_endpoint(&self) -> Endpoint {
+        recording_endpoint(&self.processed, |n| {
+            Duration::from_millis(5 + (n % 20) as u64)
+        })
+        .await
     }
 
-    /// A jetway of this rig's config, ready.
-    async fn jetway(&self) -> Process {
-        spawn_ready(&self.yaml).await
+    /// The jetway config for this server and `endpoint`; `subscription` is
+    /// more keys of the subscription.
+    fn yaml(&self, endpoint: &str, subscription: &str) -> String {
+        jetway_yaml(&self.nats.url(), 1, endpoint, subscription, "")
     }
 
     /// Starts the publishers (all with keys) against `target`.
@@ -992,12 +988,13 @@ impl Rig {
         wait_acked(&self.ledger, self.profile.total() * (k + 1) / (of + 1)).await;
     }
 
-    /// [`account`] for this rig, `faults` faults of which the publishers
-    /// may see connection errors (`connection_errors`).
+    /// [`account`] for this rig after `faults` faults, during which the
+    /// publishers may have seen connection errors (`connection_errors`).
     async fn account(
         &self,
         scenario: &str,
         description: &str,
+        endpoint: &dyn Fn() -> String,
         connection_errors: bool,
         faults: usize,
     ) {
@@ -1008,7 +1005,7 @@ impl Rig {
             &self.nats.url(),
             &self.ledger,
             &self.processed,
-            &|| format!("requests={}", self.endpoint.count()),
+            endpoint,
             Expect {
                 connection_errors,
                 max_duplicates: dup_bound(self.profile, faults),
@@ -1018,13 +1015,20 @@ impl Rig {
     }
 }
 
+/// How many requests `endpoint` received, for the report.
+fn requests(endpoint: &Endpoint) -> String {
+    format!("requests={}", endpoint.count())
+}
+
 /// 1. kill -9 of jetway mid-load, then a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s1_kill9_jetway_and_restart() {
     let _serial = SERIAL.lock().await;
-    let rig = Rig::start_quick().await;
-    let profile = rig.profile;
-    let mut jetway = rig.jetway().await;
+    let profile = profile();
+    let rig = Rig::new(profile);
+    let endpoint = rig.quick_endpoint().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let mut jetway = spawn_ready(&yaml).await;
     let target = Target::new(&[api_url(&jetway)]);
     let load = rig.load("s1", &target);
 
@@ -1032,13 +1036,14 @@ async fn s1_kill9_jetway_and_restart() {
     for k in 0..kills {
         rig.wait_part(k, kills).await;
         jetway.kill9();
-        jetway = rig.jetway().await;
+        jetway = spawn_ready(&yaml).await;
         target.set(&[api_url(&jetway)]);
     }
     load.await.expect("load");
     rig.account(
         "1 kill -9 jetway",
         &format!("kill -9 jetway x{kills} mid-load, restart at once"),
+        &|| requests(&endpoint),
         true,
         kills,
     )
@@ -1050,9 +1055,11 @@ async fn s1_kill9_jetway_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s2_nats_restart_same_store() {
     let _serial = SERIAL.lock().await;
-    let mut rig = Rig::start_quick().await;
-    let profile = rig.profile;
-    let jetway = rig.jetway().await;
+    let profile = profile();
+    let mut rig = Rig::new(profile);
+    let endpoint = rig.quick_endpoint().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let jetway = spawn_ready(&yaml).await;
     let load = rig.load("s2", &Target::new(&[api_url(&jetway)]));
 
     let gap = profile.fault / 2;
@@ -1067,6 +1074,7 @@ async fn s2_nats_restart_same_store() {
     rig.account(
         "2 nats-server restart",
         &format!("kill -9 nats-server x{restarts}, down {gap:?}, same store"),
+        &|| requests(&endpoint),
         false,
         restarts,
     )
@@ -1077,9 +1085,11 @@ async fn s2_nats_restart_same_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_nats_frozen() {
     let _serial = SERIAL.lock().await;
-    let rig = Rig::start_quick().await;
-    let profile = rig.profile;
-    let jetway = rig.jetway().await;
+    let profile = profile();
+    let rig = Rig::new(profile);
+    let endpoint = rig.quick_endpoint().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let jetway = spawn_ready(&yaml).await;
     let load = rig.load("s3", &Target::new(&[api_url(&jetway)]));
 
     let freezes = if profile.name == "full" { 2 } else { 1 };
@@ -1093,6 +1103,7 @@ async fn s3_nats_frozen() {
     rig.account(
         "3 nats-server SIGSTOP",
         &format!("SIGSTOP nats-server x{freezes} for {:?}", profile.fault),
+        &|| requests(&endpoint),
         false,
         freezes,
     )
@@ -1180,31 +1191,23 @@ async fn s5_endpoint_flaps() {
         pace: step * 4 * min_cycles / profile.per_publisher as u32,
         ..profile
     };
-    let nats = Nats::start();
-    let processed = Processed::default();
+    let rig = Rig::new(profile);
     // Phases: 0 = 200, 1 = 503 (half with Retry-After: 1), 2 = slow
     // (under and over the subscription's 1s timeout).
     let phase = Arc::new(AtomicU8::new(0));
     let p = phase.clone();
-    let endpoint = RawEndpoint::start(&processed, move |n| match p.load(Ordering::SeqCst) {
+    let endpoint = RawEndpoint::start(&rig.processed, move |n| match p.load(Ordering::SeqCst) {
         1 => Answer::Status(503, (n % 2 == 0).then_some(1)),
         2 if n % 4 == 0 => Answer::Ok(Duration::from_millis(1500)),
         2 => Answer::Ok(Duration::from_millis(300)),
         _ => Answer::Ok(Duration::from_millis((n % 10) as u64)),
     })
     .await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url(), FLAKY_RETRY, "");
+    let yaml = rig.yaml(&endpoint.url(), FLAKY_RETRY);
     let jetway = spawn_ready(&yaml).await;
-    let ledger = SharedLedger::default();
-    let load = start_load(
-        "s5",
-        profile,
-        0,
-        Target::new(&[api_url(&jetway)]),
-        ledger.clone(),
-    );
+    let load = rig.load("s5", &Target::new(&[api_url(&jetway)]));
 
-    wait_acked(&ledger, profile.total() / 10).await;
+    wait_acked(&rig.ledger, profile.total() / 10).await;
     let mut cycles = 0;
     while cycles < min_cycles || !load.is_finished() {
         cycles += 1;
@@ -1219,21 +1222,15 @@ async fn s5_endpoint_flaps() {
         tokio::time::sleep(step).await;
     }
     load.await.expect("load");
-    account(
+    rig.account(
         "5 endpoint flaps",
         &format!(
             "endpoint x{cycles}, {}ms each: refused, 503, slow (1/4 over the 1s timeout), 200",
             step.as_millis()
         ),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
         &|| endpoint.stats(cycles),
-        Expect {
-            connection_errors: false,
-            max_duplicates: dup_bound(profile, cycles as usize),
-        },
+        false,
+        cycles as usize,
     )
     .await;
 }
@@ -1249,11 +1246,10 @@ async fn s6_endpoint_breaks_http() {
         pace: profile.fault * 2 / profile.per_publisher as u32,
         ..profile
     };
-    let nats = Nats::start();
-    let processed = Processed::default();
+    let rig = Rig::new(profile);
     let broken = Arc::new(AtomicU8::new(0));
     let b = broken.clone();
-    let endpoint = RawEndpoint::start(&processed, move |n| {
+    let endpoint = RawEndpoint::start(&rig.processed, move |n| {
         if b.load(Ordering::SeqCst) == 0 {
             return Answer::Ok(Duration::from_millis((n % 10) as u64));
         }
@@ -1266,18 +1262,11 @@ async fn s6_endpoint_breaks_http() {
         }
     })
     .await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url(), FLAKY_RETRY, "");
+    let yaml = rig.yaml(&endpoint.url(), FLAKY_RETRY);
     let jetway = spawn_ready(&yaml).await;
-    let ledger = SharedLedger::default();
-    let load = start_load(
-        "s6",
-        profile,
-        0,
-        Target::new(&[api_url(&jetway)]),
-        ledger.clone(),
-    );
+    let load = rig.load("s6", &Target::new(&[api_url(&jetway)]));
 
-    wait_acked(&ledger, profile.total() / 10).await;
+    wait_acked(&rig.ledger, profile.total() / 10).await;
     let started = Instant::now();
     broken.store(1, Ordering::SeqCst);
     within(Duration::from_secs(300), "load done", || {
@@ -1288,21 +1277,15 @@ async fn s6_endpoint_breaks_http() {
     let broken_for = started.elapsed();
     broken.store(0, Ordering::SeqCst);
     load.await.expect("load");
-    account(
+    rig.account(
         "6 endpoint breaks HTTP",
         &format!(
             "for {:.1}s (until the load ended), of every 6 requests: close unanswered, garbage, 200 head + truncated body, broken header, 2 fine",
             broken_for.as_secs_f64()
         ),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
         &|| endpoint.stats(0),
-        Expect {
-            connection_errors: false,
-            max_duplicates: dup_bound(profile, 1),
-        },
+        false,
+        1,
     )
     .await;
 }
@@ -1311,10 +1294,15 @@ async fn s6_endpoint_breaks_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s7_sigterm_under_load() {
     let _serial = SERIAL.lock().await;
+    let profile = profile();
+    let rig = Rig::new(profile);
     // Slow enough that deliveries are in flight when the signal comes.
-    let rig = Rig::start(|n| Duration::from_millis(50 + (n % 8) as u64 * 25)).await;
-    let profile = rig.profile;
-    let mut jetway = rig.jetway().await;
+    let endpoint = recording_endpoint(&rig.processed, |n| {
+        Duration::from_millis(50 + (n % 8) as u64 * 25)
+    })
+    .await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let mut jetway = spawn_ready(&yaml).await;
     let target = Target::new(&[api_url(&jetway)]);
     let load = rig.load("s7", &target);
 
@@ -1326,7 +1314,7 @@ async fn s7_sigterm_under_load() {
         let code = jetway.terminate().await;
         took.push(format!("{:.1}s", started.elapsed().as_secs_f64()));
         assert_eq!(code, Some(0), "exit code after SIGTERM");
-        jetway = rig.jetway().await;
+        jetway = spawn_ready(&yaml).await;
         target.set(&[api_url(&jetway)]);
     }
     load.await.expect("load");
@@ -1336,6 +1324,7 @@ async fn s7_sigterm_under_load() {
             "SIGTERM x{stops} (exit 0 after {}), restart",
             took.join(",")
         ),
+        &|| requests(&endpoint),
         true,
         stops,
     )
@@ -1346,10 +1335,12 @@ async fn s7_sigterm_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s8_replica_killed() {
     let _serial = SERIAL.lock().await;
-    let rig = Rig::start_quick().await;
-    let profile = rig.profile;
-    let mut a = spawn_jetway(&rig.yaml);
-    let b = spawn_jetway(&rig.yaml);
+    let profile = profile();
+    let rig = Rig::new(profile);
+    let endpoint = rig.quick_endpoint().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let mut a = spawn_jetway(&yaml);
+    let b = spawn_jetway(&yaml);
     a.wait_ready().await;
     b.wait_ready().await;
     let target = Target::new(&[api_url(&a), api_url(&b)]);
@@ -1374,6 +1365,7 @@ async fn s8_replica_killed() {
         &format!(
             "2 replicas, one consumer; kill -9 replica A mid-load (A had delivered {by_a}, B {by_b}), not restarted"
         ),
+        &|| requests(&endpoint),
         true,
         1,
     )
