@@ -16,7 +16,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -812,104 +811,6 @@ async fn account(
 /// and then some.
 fn dup_bound(profile: Profile, faults: usize) -> usize {
     faults * 64 + profile.total() / 10
-}
-
-// ---------------------------------------------------------------------
-// A 3-node cluster.
-// ---------------------------------------------------------------------
-
-struct Node {
-    name: String,
-    port: u16,
-    cluster_port: u16,
-    store: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-struct Cluster {
-    nodes: Vec<Node>,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let nodes = (0..3)
-            .map(|i| Node {
-                name: format!("n{i}"),
-                port: free_port(),
-                cluster_port: free_port(),
-                store: tempfile::tempdir().expect("tempdir"),
-                child: None,
-            })
-            .collect();
-        let mut c = Cluster { nodes };
-        for i in 0..3 {
-            c.spawn(i);
-        }
-        c
-    }
-
-    fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("nats://127.0.0.1:{}", n.port))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let routes = self
-            .nodes
-            .iter()
-            .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        let node = &mut self.nodes[i];
-        let child = Command::new(nats_server_bin())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &node.port.to_string(),
-                "-n",
-                &node.name,
-            ])
-            .arg("-sd")
-            .arg(node.store.path())
-            .args(["--cluster_name", "c", "--cluster"])
-            .arg(format!("nats://127.0.0.1:{}", node.cluster_port))
-            .args(["--routes", &routes])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        node.child = Some(child);
-        wait_listening(node.port, &format!("nats-server {}", node.name));
-    }
-
-    fn kill(&mut self, name: &str) -> usize {
-        let i = self
-            .nodes
-            .iter()
-            .position(|n| n.name == name)
-            .expect("known node");
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        i
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
 }
 
 /// The stream leader, once every replica is current.

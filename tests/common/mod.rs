@@ -2,7 +2,7 @@
 //! whole sidecar in-process or as the real binary, and an HTTP endpoint
 //! that records what it receives. Every suite starts them from here.
 //!
-//! - `nats`: [`Nats`], least-privilege users.
+//! - `nats`: [`Nats`], least-privilege users; `cluster`: [`Cluster`].
 //! - `sidecar`: [`Sidecar`] in-process; `process`: [`Process`], the binary.
 //! - `endpoint`: [`Endpoint`], the service a sidecar delivers to.
 //! - `config`: test configs; `metrics`: reading and asserting series.
@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod endpoint;
 pub mod metrics;
@@ -23,6 +24,8 @@ pub mod process;
 pub mod raw;
 pub mod sidecar;
 
+#[allow(unused_imports)]
+pub use cluster::Cluster;
 #[allow(unused_imports)]
 pub use config::config_yaml;
 #[allow(unused_imports)]
