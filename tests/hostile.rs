@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::api::request;
 use common::raw::{closed_within, raw, read_answer};
-use common::{config_yaml, Nats, Sidecar};
+use common::{config_yaml, start_sidecar_with_limits, Nats, Sidecar};
 use jetway::server::Limits;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,10 +31,7 @@ const MAX_BODY: usize = 64 * 1024;
 static MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 async fn start() -> (Nats, Sidecar) {
-    let nats = Nats::start();
-    let sidecar =
-        Sidecar::start_with_limits(&config_yaml(&nats, "api: { max_body: 64KiB }\n"), LIMITS).await;
-    (nats, sidecar)
+    start_sidecar_with_limits("api: { max_body: 64KiB }\n", LIMITS).await
 }
 
 /// A normal publish still works.

@@ -51,12 +51,7 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_event_is_stored_byte_for_byte_with_its_mapped_headers() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(
-        &nats,
-        "publish: { forward_headers: [x-tenant] }\n",
-    ))
-    .await;
+    let (nats, s) = start_sidecar("publish: { forward_headers: [x-tenant] }\n").await;
     let payload: &[u8] = b"\x00\xff binary \r\n\xc3\xa9 \x7f end";
     let a = post(
         &s,
@@ -130,8 +125,7 @@ async fn published_event_is_stored_byte_for_byte_with_its_mapped_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_subject_header_or_cloudevent_is_400_with_its_code() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     let ce = [("content-type", "application/cloudevents+json")];
     let cases: Vec<BadRequest> = vec![
         ("orders..x", vec![], b"x", "subject_invalid"),
@@ -212,8 +206,7 @@ async fn bad_subject_header_or_cloudevent_is_400_with_its_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_wrong_token_is_401() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "api: { token: s3cret }\n")).await;
+    let (nats, s) = start_sidecar("api: { token: s3cret }\n").await;
     for auth in [
         None,
         Some("Bearer wrong"),
@@ -258,12 +251,8 @@ async fn missing_or_wrong_token_is_401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subject_outside_publish_allow_is_403() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(
-        &nats,
-        "publish: { allow: [\"orders.created\", \"orders.eu.*\"] }\n",
-    ))
-    .await;
+    let (nats, s) =
+        start_sidecar("publish: { allow: [\"orders.created\", \"orders.eu.*\"] }\n").await;
     for subject in ["orders.deleted", "orders.eu.1.x", "payments.x"] {
         let a = post(&s, subject, &[], &b"x"[..]).await;
         assert_eq!((a.status, a.code()), (403, "forbidden"), "{subject}");
@@ -281,8 +270,7 @@ async fn subject_outside_publish_allow_is_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subject_no_stream_captures_is_404() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (_nats, s) = start_sidecar("").await;
     let started = Instant::now();
     let a = post(&s, "payments.received", &[], &b"x"[..]).await;
     a.assert_error(404, "no_stream");
@@ -305,44 +293,30 @@ async fn subject_no_stream_captures_is_404() {
     s.stop().await;
 }
 
+/// The expectation headers of a publish (SPEC section 3).
+const EXPECT_SUBJECT_SEQ: &str = "jetway-expected-last-subject-sequence";
+const EXPECT_SEQ: &str = "jetway-expected-last-sequence";
+const EXPECT_STREAM: &str = "jetway-expected-stream";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_expectation_is_409_with_last_sequence() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     for subject in ["orders.a", "orders.a", "orders.b"] {
         assert_eq!(post(&s, subject, &[], &b"x"[..]).await.status, 200);
     }
     // orders.a is at 2, the stream at 3.
-    let a = post(
-        &s,
-        "orders.a",
-        &[("jetway-expected-last-subject-sequence", "1")],
-        &b"x"[..],
-    )
-    .await;
+    let a = post(&s, "orders.a", &[(EXPECT_SUBJECT_SEQ, "1")], &b"x"[..]).await;
     a.assert_error(409, "conflict");
     assert_eq!(a.body["error"]["last_sequence"], 2);
 
-    let a = post(
-        &s,
-        "orders.new",
-        &[("jetway-expected-last-subject-sequence", "5")],
-        &b"x"[..],
-    )
-    .await;
+    let a = post(&s, "orders.new", &[(EXPECT_SUBJECT_SEQ, "5")], &b"x"[..]).await;
     a.assert_error(409, "conflict");
     assert_eq!(
         a.body["error"]["last_sequence"], 0,
         "a subject without messages"
     );
 
-    let a = post(
-        &s,
-        "orders.a",
-        &[("jetway-expected-last-subject-sequence", "2")],
-        &b"x"[..],
-    )
-    .await;
+    let a = post(&s, "orders.a", &[(EXPECT_SUBJECT_SEQ, "2")], &b"x"[..]).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.seq(), 4);
     let msg = stored(&nats, 4).await;
@@ -353,40 +327,16 @@ async fn failed_expectation_is_409_with_last_sequence() {
         Some("2".to_string())
     );
 
-    let a = post(
-        &s,
-        "orders.c",
-        &[("jetway-expected-last-sequence", "3")],
-        &b"x"[..],
-    )
-    .await;
+    let a = post(&s, "orders.c", &[(EXPECT_SEQ, "3")], &b"x"[..]).await;
     a.assert_error(409, "conflict");
     assert_eq!(a.body["error"]["last_sequence"], 4);
-    let a = post(
-        &s,
-        "orders.c",
-        &[("jetway-expected-last-sequence", "4")],
-        &b"x"[..],
-    )
-    .await;
+    let a = post(&s, "orders.c", &[(EXPECT_SEQ, "4")], &b"x"[..]).await;
     assert_eq!(a.status, 200, "{}", a.body);
 
-    let a = post(
-        &s,
-        "orders.c",
-        &[("jetway-expected-stream", "OTHER")],
-        &b"x"[..],
-    )
-    .await;
+    let a = post(&s, "orders.c", &[(EXPECT_STREAM, "OTHER")], &b"x"[..]).await;
     a.assert_error(409, "conflict");
     assert!(a.body["error"].get("last_sequence").is_none(), "{}", a.body);
-    let a = post(
-        &s,
-        "orders.c",
-        &[("jetway-expected-stream", "ORDERS")],
-        &b"x"[..],
-    )
-    .await;
+    let a = post(&s, "orders.c", &[(EXPECT_STREAM, "ORDERS")], &b"x"[..]).await;
     assert_eq!(a.status, 200, "{}", a.body);
 
     assert_eq!(stored_count(&nats).await, 6);
@@ -396,8 +346,7 @@ async fn failed_expectation_is_409_with_last_sequence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_max_body_is_413() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "api: { max_body: 1KiB }\n")).await;
+    let (nats, s) = start_sidecar("api: { max_body: 1KiB }\n").await;
     let a = post(&s, "orders.x", &[], vec![b'a'; 1024]).await;
     assert_eq!(a.status, 200, "exactly max_body is fine: {}", a.body);
     let a = post(&s, "orders.x", &[], vec![b'a'; 1025]).await;
@@ -409,8 +358,7 @@ async fn body_over_max_body_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_over_max_body_is_413_without_reading_it_all() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "api: { max_body: 1KiB }\n")).await;
+    let (nats, s) = start_sidecar("api: { max_body: 1KiB }\n").await;
     const CHUNK: usize = 16 * 1024;
     const TOTAL: usize = 256 * 1024 * 1024;
     let sent = Arc::new(AtomicUsize::new(0));
@@ -457,8 +405,7 @@ async fn body_over_the_servers_max_payload_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_in_flight_limit_is_429_with_retry_after() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "api: { max_in_flight: 1 }\n")).await;
+    let (nats, s) = start_sidecar("api: { max_in_flight: 1 }\n").await;
     assert_eq!(post(&s, "orders.x", &[], &b"x"[..]).await.status, 200);
     // A frozen server never acks, so the one admitted publish stays in
     // flight for request_timeout (2s) and every other one sent meanwhile,
@@ -520,8 +467,7 @@ async fn over_the_in_flight_limit_is_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_nats_is_504_and_the_same_key_is_then_a_duplicate() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     nats.freeze();
     let started = Instant::now();
     let a = post(
@@ -621,8 +567,7 @@ async fn stopped_nats_is_503_and_publishing_resumes_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_idempotency_key_is_stored_once() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     let first = post(&s, "orders.x", &[("idempotency-key", "once")], &b"a"[..]).await;
     let second = post(&s, "orders.x", &[("idempotency-key", "once")], &b"a"[..]).await;
     assert_eq!(
@@ -644,8 +589,7 @@ async fn same_idempotency_key_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_cloudevent_is_stored_once() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     let structured = [("content-type", "application/cloudevents+json")];
     let event: &'static [u8] = br#"{"specversion":"1.0","id":"e-1","source":"/orders","type":"order.created","data":{"n":1}}"#;
     let a = post(&s, "orders.created", &structured, event).await;
@@ -743,8 +687,7 @@ async fn assert_stored_in_order(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ndjson_batch_of_200_answers_in_input_order() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     let items = batch_items(200);
     let body: String = items.iter().map(|i| format!("{i}\n")).collect();
     let a = post_batch(&s, "application/x-ndjson", body).await;
@@ -766,12 +709,7 @@ async fn ndjson_batch_of_200_answers_in_input_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_array_batch_with_one_bad_item_is_207_and_stores_the_others() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(
-        &nats,
-        "publish: { forward_headers: [x-tenant] }\n",
-    ))
-    .await;
+    let (nats, s) = start_sidecar("publish: { forward_headers: [x-tenant] }\n").await;
     let mut items = batch_items(200);
     items[57] = json!({"subject": "orders..bad", "data": 1});
     let a = post_batch(
@@ -825,8 +763,7 @@ async fn json_array_batch_with_one_bad_item_is_207_and_stores_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_batch_is_400_and_stores_nothing() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     assert_eq!(post(&s, "orders.x", &[], &b"x"[..]).await.status, 200);
     let good = "{\"subject\":\"orders.x\",\"data\":1}\n".repeat(10);
     let cases = [
@@ -867,8 +804,7 @@ async fn malformed_batch_is_400_and_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_route_is_404_and_wrong_method_is_405() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (_nats, s) = start_sidecar("").await;
     for path in ["/v1/nope", "/v1", "/", "/v2/publish/orders.x"] {
         let a = answer(s.http.get(s.url(path)).send().await.expect("get")).await;
         assert_eq!((a.status, a.code()), (404, "not_found"), "{path}");
@@ -925,8 +861,7 @@ fn routes_in_router_source() -> BTreeSet<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_and_router_agree() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (_nats, s) = start_sidecar("").await;
     let doc = answer(
         s.http
             .get(s.url("/v1/openapi.json"))

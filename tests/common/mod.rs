@@ -39,7 +39,7 @@ pub use nats::{least_privilege, least_privilege_env, nats_server_bin, Nats};
 #[allow(unused_imports)]
 pub use process::Process;
 #[allow(unused_imports)]
-pub use sidecar::{start_one_subscription, Sidecar};
+pub use sidecar::{start_one_subscription, start_sidecar, start_sidecar_with_limits, Sidecar};
 
 /// How long any polled condition may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);

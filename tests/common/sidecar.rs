@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use super::config::one_subscription_yaml;
+use super::config::{config_yaml, one_subscription_yaml};
 use super::{least_privilege_env, metric_value, metrics_text, wait_ready, Endpoint, Nats};
 
 /// A whole sidecar running inside the test process.
@@ -120,4 +120,20 @@ pub async fn start_one_subscription() -> (Nats, Endpoint, Sidecar) {
     let endpoint = Endpoint::ok().await;
     let sidecar = Sidecar::start(&one_subscription_yaml(&nats, &endpoint.url("/e"))).await;
     (nats, endpoint, sidecar)
+}
+
+/// A nats-server of its own and a sidecar of [`config_yaml`] with
+/// `extra` for it.
+pub async fn start_sidecar(extra: &str) -> (Nats, Sidecar) {
+    start_sidecar_with_limits(extra, jetway::server::Limits::BUILT_IN).await
+}
+
+/// [`start_sidecar`] whose API listener has `limits`.
+pub async fn start_sidecar_with_limits(
+    extra: &str,
+    limits: jetway::server::Limits,
+) -> (Nats, Sidecar) {
+    let nats = Nats::start();
+    let sidecar = Sidecar::start_with_limits(&config_yaml(&nats, extra), limits).await;
+    (nats, sidecar)
 }
