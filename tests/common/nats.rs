@@ -41,12 +41,16 @@ struct Users {
     store: PathBuf,
     pid: u32,
     entries: Vec<String>,
+    /// The text of a test's own config file (`-c` of `start_with`), put
+    /// in this file: a second `-c` would replace it.
+    include: String,
 }
 
 impl Users {
     fn write(&self) {
         let text = format!(
-            "jetstream: {{ store_dir: \"{}\" }}\naccounts: {{\n  APP: {{\n    jetstream: enabled\n    users: [\n      {{ user: \"{}\", password: \"{}\" }}\n{}\n    ]\n  }}\n}}\n",
+            "{}\njetstream: {{ store_dir: \"{}\" }}\naccounts: {{\n  APP: {{\n    jetstream: enabled\n    users: [\n      {{ user: \"{}\", password: \"{}\" }}\n{}\n    ]\n  }}\n}}\n",
+            self.include,
             self.store.display(),
             ADMIN.0,
             ADMIN.1,
@@ -156,11 +160,21 @@ impl Nats {
             auth: None,
         };
         if least_privilege() {
+            // The test's `-c FILE` goes into the users' file instead.
+            let include = match n.extra_args.iter().position(|a| a == "-c") {
+                Some(i) if i + 1 < n.extra_args.len() => {
+                    let file = n.extra_args.remove(i + 1);
+                    n.extra_args.remove(i);
+                    std::fs::read_to_string(&file).expect("read the test's nats-server config")
+                }
+                _ => String::new(),
+            };
             let users = Users {
                 file: n.store.path().join("nats-server.conf"),
                 store: n.store.path().to_path_buf(),
                 pid: 0,
                 entries: Vec::new(),
+                include,
             };
             users.write();
             let users = Arc::new(Mutex::new(users));
