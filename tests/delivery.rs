@@ -1147,20 +1147,11 @@ async fn sigterm_lets_deliveries_in_flight_finish() {
     .await;
     let yaml = s1_yaml(&nats, &endpoint, "concurrency: 4");
     let first = Sidecar::start(&yaml).await;
-    let keys: HashSet<String> = Api::of(&first)
-        .publish_many("orders.created", 12)
-        .await
-        .into_iter()
-        .map(|s| format!("ORDERS:{s}"))
-        .collect();
+    let keys: HashSet<String> = Api::of(&first).publish_keys("orders.created", 12).await;
     endpoint.wait_for(4).await;
     // Graceful stop while deliveries are in flight (shutdown_grace 5s).
     first.stop().await;
-    let in_flight: HashSet<String> = endpoint
-        .received()
-        .iter()
-        .filter_map(|r| r.header("idempotency-key"))
-        .collect();
+    let in_flight: HashSet<String> = endpoint.keys();
     assert!(!in_flight.is_empty());
     {
         let done = done.lock().expect("lock");
@@ -1215,21 +1206,13 @@ async fn sigterm_hands_back_deliveries_that_outlive_the_grace() {
     // NAK on shutdown can bring the messages back in time.
     let yaml = s1_yaml(&nats, &endpoint, "concurrency: 4, timeout: 60s")
         .replace("shutdown_grace: 5s", "shutdown_grace: 1s");
-    let mut first = Process::spawn(&yaml);
-    first.wait_ready().await;
+    let mut first = Process::start(&yaml).await;
     let keys: HashSet<String> = Api::of_process(&first)
-        .publish_many("orders.created", 8)
-        .await
-        .into_iter()
-        .map(|s| format!("ORDERS:{s}"))
-        .collect();
+        .publish_keys("orders.created", 8)
+        .await;
     endpoint.wait_for(4).await;
     assert_eq!(first.terminate().await, Some(0), "exit 0 after SIGTERM");
-    let in_flight: HashSet<String> = endpoint
-        .received()
-        .iter()
-        .filter_map(|r| r.header("idempotency-key"))
-        .collect();
+    let in_flight: HashSet<String> = endpoint.keys();
     let seen = endpoint.count();
     assert_eq!(in_flight.len(), 4);
 
@@ -1274,19 +1257,14 @@ async fn kill9_during_deliveries_loses_nothing() {
     .await;
     // timeout 4s: ack wait 2s, so a dead sidecar's messages come back soon.
     let yaml = s1_yaml(&nats, &endpoint, "concurrency: 4, timeout: 4s");
-    let mut first = Process::spawn(&yaml);
-    first.wait_ready().await;
+    let mut first = Process::start(&yaml).await;
     let keys: HashSet<String> = Api::of_process(&first)
-        .publish_many("orders.created", 20)
-        .await
-        .into_iter()
-        .map(|s| format!("ORDERS:{s}"))
-        .collect();
+        .publish_keys("orders.created", 20)
+        .await;
     endpoint.wait_for(6).await;
     first.kill9();
 
-    let mut second = Process::spawn(&yaml);
-    second.wait_ready().await;
+    let mut second = Process::start(&yaml).await;
     let api = Api::of_process(&second);
     eventually("every event delivered", || async {
         keys.is_subset(&done.lock().expect("lock")).then_some(())

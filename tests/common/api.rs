@@ -1,6 +1,8 @@
 //! The `/v1` API as a client sees it: [`Api`] for calls whose answers
 //! must succeed, [`Answer`] and [`post`] for any status and its `code`.
 
+use std::collections::HashSet;
+
 use serde_json::{json, Value};
 
 use super::config::{s1_yaml, subscriptions};
@@ -62,6 +64,16 @@ impl Api {
         let answer: Value = response.json().await.expect("json");
         assert_eq!(status, 200, "publish answered {answer}");
         answer["seq"].as_u64().expect("seq")
+    }
+
+    /// [`Api::publish_many`] into `ORDERS`, as the Idempotency-Keys the
+    /// deliveries carry (`ORDERS:{seq}`).
+    pub async fn publish_keys(&self, subject: &str, n: usize) -> HashSet<String> {
+        self.publish_many(subject, n)
+            .await
+            .into_iter()
+            .map(|s| format!("ORDERS:{s}"))
+            .collect()
     }
 
     /// Publishes `n` JSON events `{"n": i}` in one batch.

@@ -1,6 +1,6 @@
 //! An HTTP endpoint that records what it receives and answers as told.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -112,6 +112,14 @@ impl Endpoint {
 
     pub fn max_in_flight(&self) -> usize {
         self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The Idempotency-Keys of the requests received.
+    pub fn keys(&self) -> HashSet<String> {
+        self.received()
+            .iter()
+            .filter_map(|r| r.header("idempotency-key"))
+            .collect()
     }
 
     /// Requests per Idempotency-Key.

@@ -55,6 +55,13 @@ impl Process {
         }
     }
 
+    /// [`Process::spawn`], once it is ready.
+    pub async fn start(yaml: &str) -> Process {
+        let p = Process::spawn(yaml);
+        p.wait_ready().await;
+        p
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.api)
     }
