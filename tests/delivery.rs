@@ -2,6 +2,9 @@
 //! nats-server per test, a whole sidecar, and real HTTP endpoints that
 //! record what they receive.
 mod common;
+use common::api::Api;
+use common::config::{s1_yaml, sub, FAST_RETRY};
+use common::nats::{dlq_stream, nats_header};
 use common::*;
 
 use std::collections::{HashMap, HashSet};
@@ -20,145 +23,6 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// Small backoffs so retries take milliseconds, without jitter.
-const FAST_RETRY: &str = "retry: { initial_backoff: 100ms, max_backoff: 2s, jitter: 0 }";
-
-/// One entry of the `subscriptions` list; `extra` is more flow-map keys.
-fn sub(name: &str, subject: &str, endpoint: &str, extra: &str) -> String {
-    let extra = if extra.is_empty() {
-        String::new()
-    } else {
-        format!(", {extra}")
-    };
-    format!("  - {{ name: {name}, subject: \"{subject}\", endpoint: \"{endpoint}\"{extra} }}\n")
-}
-
-fn subscriptions(entries: &[String]) -> String {
-    format!("subscriptions:\n{}", entries.concat())
-}
-
-/// The `/v1` API of a sidecar, in-process or a child process.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    fn of(s: &Sidecar) -> Api {
-        Api {
-            http: s.http.clone(),
-            base: s.url(""),
-        }
-    }
-
-    fn of_process(p: &Process) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            base: p.url(""),
-        }
-    }
-
-    /// Publishes one event and returns its stream sequence.
-    async fn publish(
-        &self,
-        subject: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Vec<u8>>,
-    ) -> u64 {
-        let mut request = self
-            .http
-            .post(format!("{}/v1/publish/{subject}", self.base));
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let response = request.body(body.into()).send().await.expect("publish");
-        let status = response.status();
-        let answer: Value = response.json().await.expect("json");
-        assert_eq!(status, 200, "publish answered {answer}");
-        answer["seq"].as_u64().expect("seq")
-    }
-
-    /// Publishes `n` JSON events `{"n": i}` in one batch.
-    async fn publish_many(&self, subject: &str, n: usize) -> Vec<u64> {
-        let items: Vec<Value> = (0..n)
-            .map(|i| json!({ "subject": subject, "data": { "n": i } }))
-            .collect();
-        let (status, answer) = self
-            .send(reqwest::Method::POST, "/v1/publish", Some(json!(items)))
-            .await;
-        assert_eq!(status, 200, "batch answered {answer}");
-        answer["results"]
-            .as_array()
-            .expect("results")
-            .iter()
-            .map(|r| r["seq"].as_u64().expect("seq"))
-            .collect()
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
-        };
-        (status, value)
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.send(reqwest::Method::POST, path, body).await
-    }
-
-    /// The entry of `GET /v1/subscriptions` for `name`.
-    async fn subscription(&self, name: &str) -> Value {
-        let (status, all) = self.get("/v1/subscriptions").await;
-        assert_eq!(status, 200, "{all}");
-        all["subscriptions"]
-            .as_array()
-            .expect("subscriptions")
-            .iter()
-            .find(|s| s["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no subscription {name} in {all}"))
-    }
-
-    /// `GET /v1/dead-letters/{name}` items.
-    async fn dead_letters(&self, name: &str) -> Vec<Value> {
-        let (status, page) = self.get(&format!("/v1/dead-letters/{name}")).await;
-        assert_eq!(status, 200, "{page}");
-        page["items"].as_array().expect("items").clone()
-    }
-
-    /// Waits until the subscription holds nothing: nothing pending, nothing
-    /// unacknowledged, nothing in flight.
-    async fn wait_drained(&self, name: &str) {
-        eventually(&format!("{name} drained"), || async {
-            let s = self.subscription(name).await;
-            (s["pending"] == 0 && s["ack_pending"] == 0 && s["in_flight"] == 0).then_some(())
-        })
-        .await;
-    }
-}
-
-/// Waits until a metric series has exactly `want`.
-async fn wait_metric(s: &Sidecar, name: &str, labels: &[(&str, &str)], want: f64) {
-    let what = format!("{name}{labels:?} == {want}");
-    eventually(&what, || async {
-        (s.metric(name, labels).await == want).then_some(())
-    })
-    .await;
-}
 
 /// A negative can only be seen over time: checks that `holds` stays true
 /// for `window`, polling.
@@ -215,46 +79,16 @@ fn sequence(r: &Received) -> u64 {
         .expect("number")
 }
 
-/// Every message of the dead-letter stream, read with a plain client.
-async fn dlq_stream(nats: &Nats) -> Vec<async_nats::jetstream::message::StreamMessage> {
-    let js = nats.client().await;
-    let mut stream = js
-        .get_stream("JETWAY_DLQ")
-        .await
-        .expect("JETWAY_DLQ exists");
-    let state = stream.info().await.expect("info").state.clone();
-    let mut out = Vec::new();
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            out.push(m);
-        }
-    }
-    out
-}
-
-fn nats_header<'a>(
-    m: &'a async_nats::jetstream::message::StreamMessage,
-    name: &str,
-) -> Option<&'a str> {
-    m.headers.get(name).map(|v| v.as_str())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_body_and_every_spec_header() {
     let nats = Nats::start();
     let endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &format!(
-            "publish: {{ forward_headers: [\"x-tenant\"] }}\napp: {{ callback_token: cb-secret-1 }}\n{}",
-            subscriptions(&[sub("s1", "orders.>", &endpoint.url("/hook"), "")])
-        ),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        "publish: { forward_headers: [\"x-tenant\"] }\napp: { callback_token: cb-secret-1 }\n",
+        &[sub("s1", "orders.>", &endpoint.url("/hook"), "")],
+    )
+    .await;
 
     let body: Vec<u8> = (0..=255u8).rev().chain(*b"\r\n\0{}").collect();
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -375,23 +209,10 @@ async fn delivers_body_and_every_spec_header() {
         2.0,
     )
     .await;
-    assert_eq!(
-        sidecar
-            .metric("jetway_delivery_duration_seconds_count", &s1)
-            .await,
-        2.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_delivery_latency_seconds_count", &s1)
-            .await,
-        2.0
-    );
-    assert_eq!(
-        sidecar.metric("jetway_deliveries_in_flight", &s1).await,
-        0.0
-    );
-    assert_eq!(sidecar.metric("jetway_endpoint_up", &s1).await, 1.0);
+    assert_metric(&sidecar, "jetway_delivery_duration_seconds_count", &s1, 2.0).await;
+    assert_metric(&sidecar, "jetway_delivery_latency_seconds_count", &s1, 2.0).await;
+    assert_metric(&sidecar, "jetway_deliveries_in_flight", &s1, 0.0).await;
+    assert_metric(&sidecar, "jetway_endpoint_up", &s1, 1.0).await;
     sidecar.stop().await;
 }
 
@@ -411,12 +232,7 @@ async fn retry_after_is_honoured_and_the_key_is_stable() {
         }
     })
     .await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), FAST_RETRY)]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, FAST_RETRY).await;
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let seq = api
         .publish("orders.created", &[("traceparent", parent)], "retry me")
@@ -453,39 +269,27 @@ async fn retry_after_is_honoured_and_the_key_is_stable() {
         let gap = pair[1] - pair[0];
         assert!(gap >= Duration::from_millis(900), "retried after {gap:?}");
     }
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "retry")]
-            )
-            .await,
-        2.0
-    );
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "dead_letter")]
-            )
-            .await,
-        0.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_dead_letters_total", &[("subscription", "s1")])
-            .await,
-        0.0
-    );
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_delivery_duration_seconds_count",
-                &[("subscription", "s1")]
-            )
-            .await,
-        3.0
-    );
+    assert_counts(
+        &sidecar,
+        "jetway_deliveries_total",
+        "s1",
+        &[("retry", 2.0), ("dead_letter", 0.0)],
+    )
+    .await;
+    assert_metric(
+        &sidecar,
+        "jetway_dead_letters_total",
+        &[("subscription", "s1")],
+        0.0,
+    )
+    .await;
+    assert_metric(
+        &sidecar,
+        "jetway_delivery_duration_seconds_count",
+        &[("subscription", "s1")],
+        3.0,
+    )
+    .await;
     api.wait_drained("s1").await;
     assert!(api.dead_letters("s1").await.is_empty());
     assert!(dlq_stream(&nats).await.is_empty());
@@ -501,15 +305,12 @@ async fn dead_letters_on_400() {
         (StatusCode::BAD_REQUEST, "no such order ".repeat(200)).into_response()
     })
     .await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &format!(
-            "publish: {{ forward_headers: [\"x-tenant\"] }}\n{}",
-            subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), FAST_RETRY)])
-        ),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        "publish: { forward_headers: [\"x-tenant\"] }\n",
+        &[sub("s1", "orders.>", &endpoint.url("/e"), FAST_RETRY)],
+    )
+    .await;
     let body = br#"{"order":7}"#;
     let seq = api
         .publish(
@@ -589,34 +390,20 @@ async fn dead_letters_on_400() {
 
     let s1 = api.subscription("s1").await;
     assert_eq!(s1["dead_letters"], 1);
-    let labels = |outcome| [("subscription", "s1"), ("outcome", outcome)];
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("dead_letter"))
-            .await,
-        1.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("retry"))
-            .await,
-        0.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("success"))
-            .await,
-        0.0
-    );
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_dead_letters_total",
-                &[("subscription", "s1"), ("reason", "exhausted")]
-            )
-            .await,
-        0.0
-    );
+    assert_counts(
+        &sidecar,
+        "jetway_deliveries_total",
+        "s1",
+        &[("dead_letter", 1.0), ("retry", 0.0), ("success", 0.0)],
+    )
+    .await;
+    assert_counts(
+        &sidecar,
+        "jetway_dead_letters_total",
+        "s1",
+        &[("exhausted", 0.0)],
+    )
+    .await;
     sidecar.stop().await;
 }
 
@@ -624,12 +411,7 @@ async fn dead_letters_on_400() {
 async fn failed_dead_letter_store_never_acks_the_original() {
     let nats = Nats::start();
     let endpoint = Endpoint::start(|_, _| async { status(StatusCode::GONE) }).await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), FAST_RETRY)]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, FAST_RETRY).await;
     // The dead-letter stream disappears behind jetway's back.
     let js = nats.client().await;
     js.delete_stream("JETWAY_DLQ")
@@ -642,12 +424,13 @@ async fn failed_dead_letter_store_never_acks_the_original() {
         s["ack_pending"], 1,
         "the original stays unacknowledged: {s}"
     );
-    assert_eq!(
-        sidecar
-            .metric("jetway_dead_letters_total", &[("subscription", "s1")])
-            .await,
-        0.0
-    );
+    assert_metric(
+        &sidecar,
+        "jetway_dead_letters_total",
+        &[("subscription", "s1")],
+        0.0,
+    )
+    .await;
 
     // Back again: the next attempt stores the dead letter.
     js.create_stream(async_nats::jetstream::stream::Config {
@@ -683,17 +466,8 @@ async fn timeout_is_retried() {
         status(StatusCode::OK)
     })
     .await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            &format!("timeout: 1s, {FAST_RETRY}"),
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) =
+        Api::start_s1(&nats, &endpoint, &format!("timeout: 1s, {FAST_RETRY}")).await;
     api.publish("orders.created", &[], "late").await;
     wait_metric(
         &sidecar,
@@ -704,15 +478,7 @@ async fn timeout_is_retried() {
     .await;
     api.wait_drained("s1").await;
     assert_eq!(attempts(&endpoint.received()), vec![1, 2]);
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "retry")]
-            )
-            .await,
-        1.0
-    );
+    assert_counts(&sidecar, "jetway_deliveries_total", "s1", &[("retry", 1.0)]).await;
     assert!(api.dead_letters("s1").await.is_empty());
     sidecar.stop().await;
 }
@@ -722,17 +488,12 @@ async fn exhausted_after_max_attempts() {
     let nats = Nats::start();
     let endpoint =
         Endpoint::start(|_, _| async { status(StatusCode::INTERNAL_SERVER_ERROR) }).await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start_s1(
         &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            "retry: { max_attempts: 3, initial_backoff: 100ms, jitter: 0 }",
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        &endpoint,
+        "retry: { max_attempts: 3, initial_backoff: 100ms, jitter: 0 }",
+    )
+    .await;
     let seq = api.publish("orders.created", &[], "doomed").await;
 
     wait_metric(
@@ -759,34 +520,20 @@ async fn exhausted_after_max_attempts() {
     assert_eq!(nats_header(&stored[0], "Jetway-Dlq-Attempts"), Some("3"));
     assert_eq!(nats_header(&stored[0], "Jetway-Dlq-Status"), Some("500"));
 
-    let labels = |outcome| [("subscription", "s1"), ("outcome", outcome)];
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("retry"))
-            .await,
-        2.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("dead_letter"))
-            .await,
-        1.0
-    );
-    assert_eq!(
-        sidecar
-            .metric("jetway_deliveries_total", &labels("success"))
-            .await,
-        0.0
-    );
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_dead_letters_total",
-                &[("subscription", "s1"), ("reason", "rejected")]
-            )
-            .await,
-        0.0
-    );
+    assert_counts(
+        &sidecar,
+        "jetway_deliveries_total",
+        "s1",
+        &[("retry", 2.0), ("dead_letter", 1.0), ("success", 0.0)],
+    )
+    .await;
+    assert_counts(
+        &sidecar,
+        "jetway_dead_letters_total",
+        "s1",
+        &[("rejected", 0.0)],
+    )
+    .await;
     sidecar.stop().await;
 }
 
@@ -797,9 +544,10 @@ async fn replay_delivers_to_that_subscription_only() {
     let s1_endpoint =
         switch_endpoint(&broken, StatusCode::UNPROCESSABLE_ENTITY, StatusCode::OK).await;
     let s2_endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &subscriptions(&[
+        "",
+        &[
             sub("s1", "orders.created", &s1_endpoint.url("/e"), FAST_RETRY),
             // Ordered, so that once the marker below arrives, anything
             // stored before it has arrived too.
@@ -809,10 +557,9 @@ async fn replay_delivers_to_that_subscription_only() {
                 &s2_endpoint.url("/e"),
                 "ordered: true",
             ),
-        ]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        ],
+    )
+    .await;
     let seq1 = api
         .publish("orders.created", &[("content-type", "text/plain")], "r1")
         .await;
@@ -1016,17 +763,8 @@ async fn signatures_verify_with_the_standard_webhooks_scheme() {
     let endpoint = Endpoint::ok().await;
     let secret = format!("whsec_{}", B64.encode(b"a 32 byte key for jetway tests!!"));
     let other = format!("whsec_{}", B64.encode(b"another 32 byte key, not the one"));
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            &format!("signing_secret: \"{secret}\""),
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) =
+        Api::start_s1(&nats, &endpoint, &format!("signing_secret: \"{secret}\"")).await;
     api.publish(
         "orders.created",
         &[
@@ -1074,19 +812,19 @@ async fn endpoint_down_then_up_delivers_everything_without_dead_letters() {
     let nats = Nats::start();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/e");
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &subscriptions(&[sub(
+        "",
+        &[sub(
             "s1",
             "orders.>",
             &url,
             "retry: { max_attempts: 2, initial_backoff: 100ms, jitter: 0 }",
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        )],
+    )
+    .await;
     let up = [("subscription", "s1")];
-    assert_eq!(sidecar.metric("jetway_endpoint_up", &up).await, 1.0);
+    assert_metric(&sidecar, "jetway_endpoint_up", &up, 1.0).await;
 
     api.publish_many("orders.created", 5).await;
     eventually("state endpoint_down", || async {
@@ -1117,16 +855,14 @@ async fn endpoint_down_then_up_delivers_everything_without_dead_letters() {
     }
     wait_metric(&sidecar, "jetway_endpoint_up", &up, 1.0).await;
     assert_eq!(api.subscription("s1").await["state"], "running");
-    assert_eq!(sidecar.metric("jetway_dead_letters_total", &up).await, 0.0);
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "success")]
-            )
-            .await,
-        10.0
-    );
+    assert_metric(&sidecar, "jetway_dead_letters_total", &up, 0.0).await;
+    assert_counts(
+        &sidecar,
+        "jetway_deliveries_total",
+        "s1",
+        &[("success", 10.0)],
+    )
+    .await;
     assert!(api.dead_letters("s1").await.is_empty());
     assert!(dlq_stream(&nats).await.is_empty());
     sidecar.stop().await;
@@ -1138,16 +874,12 @@ async fn health_url_gates_delivery() {
     let healthy = Arc::new(AtomicBool::new(false));
     let health = switch_endpoint(&healthy, StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE).await;
     let endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &format!(
-            "app: {{ health_url: \"{}\" }}\n{}",
-            health.url("/healthz"),
-            subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "")])
-        ),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        &format!("app: {{ health_url: \"{}\" }}\n", health.url("/healthz")),
+        &[sub("s1", "orders.>", &endpoint.url("/e"), "")],
+    )
+    .await;
     let s1 = [("subscription", "s1")];
     api.publish_many("orders.created", 3).await;
 
@@ -1159,10 +891,7 @@ async fn health_url_gates_delivery() {
     wait_metric(&sidecar, "jetway_endpoint_up", &s1, 0.0).await;
     // Refreshed every 5s.
     wait_metric(&sidecar, "jetway_consumer_pending", &s1, 3.0).await;
-    assert_eq!(
-        sidecar.metric("jetway_consumer_ack_pending", &s1).await,
-        0.0
-    );
+    assert_metric(&sidecar, "jetway_consumer_ack_pending", &s1, 0.0).await;
     // The app was asked again and still said no: nothing was delivered.
     let probes = health.count();
     health.wait_for(probes + 1).await;
@@ -1176,7 +905,7 @@ async fn health_url_gates_delivery() {
     assert_eq!(api.subscription("s1").await["state"], "running");
     wait_metric(&sidecar, "jetway_endpoint_up", &s1, 1.0).await;
     wait_metric(&sidecar, "jetway_consumer_pending", &s1, 0.0).await;
-    assert_eq!(sidecar.metric("jetway_dead_letters_total", &s1).await, 0.0);
+    assert_metric(&sidecar, "jetway_dead_letters_total", &s1, 0.0).await;
     sidecar.stop().await;
 }
 
@@ -1186,16 +915,12 @@ async fn health_url_failing_later_holds_back_new_events() {
     let healthy = Arc::new(AtomicBool::new(true));
     let health = switch_endpoint(&healthy, StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE).await;
     let endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start(
         &nats,
-        &format!(
-            "app: {{ health_url: \"{}\" }}\n{}",
-            health.url("/healthz"),
-            subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "")])
-        ),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        &format!("app: {{ health_url: \"{}\" }}\n", health.url("/healthz")),
+        &[sub("s1", "orders.>", &endpoint.url("/e"), "")],
+    )
+    .await;
     let s1 = [("subscription", "s1")];
     api.publish_many("orders.created", 3).await;
     endpoint.wait_for(3).await;
@@ -1219,7 +944,7 @@ async fn health_url_failing_later_holds_back_new_events() {
     api.wait_drained("s1").await;
     assert_eq!(endpoint.by_key().len(), 5);
     wait_metric(&sidecar, "jetway_endpoint_up", &s1, 1.0).await;
-    assert_eq!(sidecar.metric("jetway_dead_letters_total", &s1).await, 0.0);
+    assert_metric(&sidecar, "jetway_dead_letters_total", &s1, 0.0).await;
     sidecar.stop().await;
 }
 
@@ -1237,17 +962,12 @@ async fn ordered_delivery_is_strict_even_with_a_failing_message() {
         }
     })
     .await;
-    let yaml = config_yaml(
+    let (sidecar, api) = Api::start_s1(
         &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            &format!("ordered: true, concurrency: 8, {FAST_RETRY}"),
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+        &endpoint,
+        &format!("ordered: true, concurrency: 8, {FAST_RETRY}"),
+    )
+    .await;
     let mut seqs = api.publish_many("orders.created", 50).await;
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=50).collect::<Vec<u64>>());
@@ -1266,15 +986,7 @@ async fn ordered_delivery_is_strict_even_with_a_failing_message() {
     assert_eq!(arrived, want);
     assert_eq!(attempts(&endpoint.received()[19..22]), vec![1, 2, 3]);
     assert_eq!(endpoint.max_in_flight(), 1);
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "retry")]
-            )
-            .await,
-        2.0
-    );
+    assert_counts(&sidecar, "jetway_deliveries_total", "s1", &[("retry", 2.0)]).await;
     sidecar.stop().await;
 }
 
@@ -1286,12 +998,7 @@ async fn concurrency_bounds_requests_in_flight() {
         status(StatusCode::OK)
     })
     .await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "concurrency: 4")]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, "concurrency: 4").await;
     api.publish_many("orders.created", 16).await;
     let s1 = [("subscription", "s1")];
     eventually("4 in flight", || async {
@@ -1326,12 +1033,7 @@ async fn slow_endpoint_beyond_ack_wait_is_not_redelivered() {
     })
     .await;
     // timeout 6s: ack wait 3s, shorter than the endpoint takes.
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "timeout: 6s")]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, "timeout: 6s").await;
     api.publish("orders.created", &[], "slow").await;
     wait_metric(
         &sidecar,
@@ -1343,15 +1045,7 @@ async fn slow_endpoint_beyond_ack_wait_is_not_redelivered() {
     api.wait_drained("s1").await;
     assert_eq!(endpoint.count(), 1, "redelivered while in flight");
     assert_eq!(endpoint.max_in_flight(), 1);
-    assert_eq!(
-        sidecar
-            .metric(
-                "jetway_deliveries_total",
-                &[("subscription", "s1"), ("outcome", "retry")]
-            )
-            .await,
-        0.0
-    );
+    assert_counts(&sidecar, "jetway_deliveries_total", "s1", &[("retry", 0.0)]).await;
     sidecar.stop().await;
 }
 
@@ -1366,17 +1060,7 @@ async fn messages_held_for_a_slot_beyond_ack_wait_are_not_redelivered() {
     // Concurrency 1 and timeout 4s: ack wait 2s. The look-ahead takes all
     // four at once; the last waits 4.5 s for the one slot, kept alive by
     // in-progress acks, so JetStream never hands it out a second time.
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            "concurrency: 1, timeout: 4s",
-        )]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, "concurrency: 1, timeout: 4s").await;
     api.publish_many("orders.created", 4).await;
     wait_metric(
         &sidecar,
@@ -1404,10 +1088,7 @@ async fn two_instances_share_the_work_exactly_once() {
         status(StatusCode::OK)
     })
     .await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "concurrency: 8")]),
-    );
+    let yaml = s1_yaml(&nats, &endpoint, "concurrency: 8");
     let a = Sidecar::start(&yaml).await;
     let b = Sidecar::start(&yaml).await;
     Api::of(&a).publish_many("orders.created", 200).await;
@@ -1470,25 +1151,13 @@ async fn sigterm_lets_deliveries_in_flight_finish() {
         done.clone(),
     ))
     .await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "concurrency: 4")]),
-    );
+    let yaml = s1_yaml(&nats, &endpoint, "concurrency: 4");
     let first = Sidecar::start(&yaml).await;
-    let keys: HashSet<String> = Api::of(&first)
-        .publish_many("orders.created", 12)
-        .await
-        .into_iter()
-        .map(|s| format!("ORDERS:{s}"))
-        .collect();
+    let keys: HashSet<String> = Api::of(&first).publish_keys("orders.created", 12).await;
     endpoint.wait_for(4).await;
     // Graceful stop while deliveries are in flight (shutdown_grace 5s).
     first.stop().await;
-    let in_flight: HashSet<String> = endpoint
-        .received()
-        .iter()
-        .filter_map(|r| r.header("idempotency-key"))
-        .collect();
+    let in_flight: HashSet<String> = endpoint.keys();
     assert!(!in_flight.is_empty());
     {
         let done = done.lock().expect("lock");
@@ -1518,12 +1187,13 @@ async fn sigterm_lets_deliveries_in_flight_finish() {
         "acknowledged ones came again (key, attempt): {again:?}, in flight at stop: {in_flight:?}"
     );
     assert!(dlq_stream(&nats).await.is_empty());
-    assert_eq!(
-        second
-            .metric("jetway_dead_letters_total", &[("subscription", "s1")])
-            .await,
-        0.0
-    );
+    assert_metric(
+        &second,
+        "jetway_dead_letters_total",
+        &[("subscription", "s1")],
+        0.0,
+    )
+    .await;
     second.stop().await;
 }
 
@@ -1540,31 +1210,15 @@ async fn sigterm_hands_back_deliveries_that_outlive_the_grace() {
     .await;
     // timeout 60s: ack wait 30s, longer than `eventually` waits, so only a
     // NAK on shutdown can bring the messages back in time.
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            "concurrency: 4, timeout: 60s",
-        )]),
-    )
-    .replace("shutdown_grace: 5s", "shutdown_grace: 1s");
-    let mut first = Process::spawn(&yaml);
-    first.wait_ready().await;
+    let yaml = s1_yaml(&nats, &endpoint, "concurrency: 4, timeout: 60s")
+        .replace("shutdown_grace: 5s", "shutdown_grace: 1s");
+    let mut first = Process::start(&yaml).await;
     let keys: HashSet<String> = Api::of_process(&first)
-        .publish_many("orders.created", 8)
-        .await
-        .into_iter()
-        .map(|s| format!("ORDERS:{s}"))
-        .collect();
+        .publish_keys("orders.created", 8)
+        .await;
     endpoint.wait_for(4).await;
     assert_eq!(first.terminate().await, Some(0), "exit 0 after SIGTERM");
-    let in_flight: HashSet<String> = endpoint
-        .received()
-        .iter()
-        .filter_map(|r| r.header("idempotency-key"))
-        .collect();
+    let in_flight: HashSet<String> = endpoint.keys();
     let seen = endpoint.count();
     assert_eq!(in_flight.len(), 4);
 
@@ -1587,12 +1241,13 @@ async fn sigterm_hands_back_deliveries_that_outlive_the_grace() {
         assert_eq!(r.header("jetway-attempt").as_deref(), Some("2"));
     }
     assert!(dlq_stream(&nats).await.is_empty());
-    assert_eq!(
-        second
-            .metric("jetway_dead_letters_total", &[("subscription", "s1")])
-            .await,
-        0.0
-    );
+    assert_metric(
+        &second,
+        "jetway_dead_letters_total",
+        &[("subscription", "s1")],
+        0.0,
+    )
+    .await;
     second.stop().await;
 }
 
@@ -1607,28 +1262,15 @@ async fn kill9_during_deliveries_loses_nothing() {
     ))
     .await;
     // timeout 4s: ack wait 2s, so a dead sidecar's messages come back soon.
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub(
-            "s1",
-            "orders.>",
-            &endpoint.url("/e"),
-            "concurrency: 4, timeout: 4s",
-        )]),
-    );
-    let mut first = Process::spawn(&yaml);
-    first.wait_ready().await;
+    let yaml = s1_yaml(&nats, &endpoint, "concurrency: 4, timeout: 4s");
+    let mut first = Process::start(&yaml).await;
     let keys: HashSet<String> = Api::of_process(&first)
-        .publish_many("orders.created", 20)
-        .await
-        .into_iter()
-        .map(|s| format!("ORDERS:{s}"))
-        .collect();
+        .publish_keys("orders.created", 20)
+        .await;
     endpoint.wait_for(6).await;
     first.kill9();
 
-    let mut second = Process::spawn(&yaml);
-    second.wait_ready().await;
+    let mut second = Process::start(&yaml).await;
     let api = Api::of_process(&second);
     eventually("every event delivered", || async {
         keys.is_subset(&done.lock().expect("lock")).then_some(())
@@ -1643,12 +1285,7 @@ async fn kill9_during_deliveries_loses_nothing() {
 async fn pause_and_resume() {
     let nats = Nats::start();
     let endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
-        &nats,
-        &subscriptions(&[sub("s1", "orders.>", &endpoint.url("/e"), "")]),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
-    let api = Api::of(&sidecar);
+    let (sidecar, api) = Api::start_s1(&nats, &endpoint, "").await;
 
     let s = api.subscription("s1").await;
     assert_eq!(s["subject"], "orders.>");

@@ -1068,16 +1068,7 @@ fn every_metric_in_dashboard_and_alerts_is_exported() {
 /// The series names a running jetway exports after some traffic.
 async fn scraped_metric_names() -> BTreeSet<String> {
     use common::*;
-    let nats = Nats::start();
-    let endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
-        &nats,
-        &format!(
-            "subscriptions:\n  - {{ name: s1, subject: \"orders.>\", endpoint: \"{}\" }}\n",
-            endpoint.url("/e")
-        ),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
+    let (_nats, endpoint, sidecar) = start_one_subscription().await;
     assert_eq!(sidecar.publish("orders.created", b"x").await.status(), 200);
     endpoint.wait_for(1).await;
     let text = eventually("delivery latency observed", || {

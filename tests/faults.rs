@@ -16,7 +16,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -141,20 +140,21 @@ fn spawn_jetway(yaml: &str) -> Process {
     Process::spawn_without_env(yaml, &["JETWAY_FAULTS"])
 }
 
+/// [`spawn_jetway`], once it is ready.
+async fn spawn_ready(yaml: &str) -> Process {
+    let jetway = spawn_jetway(yaml);
+    jetway.wait_ready().await;
+    jetway
+}
+
 fn api_url(p: &Process) -> String {
     format!("http://{}", p.api)
 }
 
 /// Deliveries a jetway process has completed (`outcome="success"`).
 async fn delivered_by(p: &Process) -> u64 {
-    let url = format!("http://{}/metrics", p.metrics);
-    let text = reqwest::get(url)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    metric_value(&text, "jetway_deliveries_total", &[("outcome", "success")]).unwrap_or(0.0) as u64
+    p.metric("jetway_deliveries_total", &[("outcome", "success")])
+        .await as u64
 }
 
 /// What the publishers saw.
@@ -813,112 +813,6 @@ fn dup_bound(profile: Profile, faults: usize) -> usize {
     faults * 64 + profile.total() / 10
 }
 
-// ---------------------------------------------------------------------
-// A 3-node cluster.
-// ---------------------------------------------------------------------
-
-struct Node {
-    name: String,
-    port: u16,
-    cluster_port: u16,
-    store: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-struct Cluster {
-    nodes: Vec<Node>,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let nodes = (0..3)
-            .map(|i| Node {
-                name: format!("n{i}"),
-                port: free_port(),
-                cluster_port: free_port(),
-                store: tempfile::tempdir().expect("tempdir"),
-                child: None,
-            })
-            .collect();
-        let mut c = Cluster { nodes };
-        for i in 0..3 {
-            c.spawn(i);
-        }
-        c
-    }
-
-    fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("nats://127.0.0.1:{}", n.port))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let routes = self
-            .nodes
-            .iter()
-            .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        let node = &mut self.nodes[i];
-        let child = Command::new(nats_server_bin())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &node.port.to_string(),
-                "-n",
-                &node.name,
-            ])
-            .arg("-sd")
-            .arg(node.store.path())
-            .args(["--cluster_name", "c", "--cluster"])
-            .arg(format!("nats://127.0.0.1:{}", node.cluster_port))
-            .args(["--routes", &routes])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        node.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} did not start",
-                node.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self, name: &str) -> usize {
-        let i = self
-            .nodes
-            .iter()
-            .position(|n| n.name == name)
-            .expect("known node");
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        i
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
 /// The stream leader, once every replica is current.
 async fn settled_leader(js: &jetstream::Context) -> String {
     within(
@@ -944,43 +838,115 @@ async fn settled_leader(js: &jetstream::Context) -> String {
 // Scenarios.
 // ---------------------------------------------------------------------
 
+/// What the single-server scenarios start from: the profile, a
+/// nats-server, the record of what the endpoint processed, and the
+/// publishers' ledger.
+struct Rig {
+    profile: Profile,
+    nats: Nats,
+    processed: Processed,
+    ledger: SharedLedger,
+}
+
+impl Rig {
+    fn new(profile: Profile) -> Rig {
+        Rig {
+            profile,
+            nats: Nats::start(),
+            processed: Processed::default(),
+            ledger: SharedLedger::default(),
+        }
+    }
+
+    /// A recording endpoint that takes a few milliseconds a request.
+    async fn quick_endpoint(&self) -> Endpoint {
+        recording_endpoint(&self.processed, |n| {
+            Duration::from_millis(5 + (n % 20) as u64)
+        })
+        .await
+    }
+
+    /// The jetway config for this server and `endpoint`; `subscription` is
+    /// more keys of the subscription.
+    fn yaml(&self, endpoint: &str, subscription: &str) -> String {
+        jetway_yaml(&self.nats.url(), 1, endpoint, subscription, "")
+    }
+
+    /// Starts the publishers (all with keys) against `target`.
+    fn load(&self, scenario: &str, target: &Target) -> tokio::task::JoinHandle<()> {
+        start_load(
+            scenario,
+            self.profile,
+            0,
+            target.clone(),
+            self.ledger.clone(),
+        )
+    }
+
+    /// Waits until part `k + 1` of `of + 1` of the messages was acked:
+    /// the moment for fault `k` of `of`.
+    async fn wait_part(&self, k: usize, of: usize) {
+        wait_acked(&self.ledger, self.profile.total() * (k + 1) / (of + 1)).await;
+    }
+
+    /// [`account`] for this rig after `faults` faults, during which the
+    /// publishers may have seen connection errors (`connection_errors`).
+    async fn account(
+        &self,
+        scenario: &str,
+        description: &str,
+        endpoint: &dyn Fn() -> String,
+        connection_errors: bool,
+        faults: usize,
+    ) {
+        account(
+            scenario,
+            description,
+            self.profile,
+            &self.nats.url(),
+            &self.ledger,
+            &self.processed,
+            endpoint,
+            Expect {
+                connection_errors,
+                max_duplicates: dup_bound(self.profile, faults),
+            },
+        )
+        .await;
+    }
+}
+
+/// How many requests `endpoint` received, for the report.
+fn requests(endpoint: &Endpoint) -> String {
+    format!("requests={}", endpoint.count())
+}
+
 /// 1. kill -9 of jetway mid-load, then a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s1_kill9_jetway_and_restart() {
     let _serial = SERIAL.lock().await;
     let profile = profile();
-    let nats = Nats::start();
-    let processed = Processed::default();
-    let endpoint =
-        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
-    let mut jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
+    let rig = Rig::new(profile);
+    let endpoint = rig.quick_endpoint().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let mut jetway = spawn_ready(&yaml).await;
     let target = Target::new(&[api_url(&jetway)]);
-    let ledger = SharedLedger::default();
-    let load = start_load("s1", profile, 0, target.clone(), ledger.clone());
+    let load = rig.load("s1", &target);
 
     let kills = if profile.name == "full" { 3 } else { 1 };
     for k in 0..kills {
-        wait_acked(&ledger, profile.total() * (k + 1) / (kills + 1)).await;
+        rig.wait_part(k, kills).await;
         jetway.kill9();
-        jetway = spawn_jetway(&yaml);
-        jetway.wait_ready().await;
+        jetway = spawn_ready(&yaml).await;
         target.set(&[api_url(&jetway)]);
     }
     load.await.expect("load");
-    account(
+    rig.account(
         "1 kill -9 jetway",
         &format!("kill -9 jetway x{kills} mid-load, restart at once"),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
-        &|| format!("requests={}", endpoint.count()),
-        Expect {
-            connection_errors: true,
-            max_duplicates: dup_bound(profile, kills),
-        },
+        &|| requests(&endpoint),
+        true,
+        kills,
     )
     .await;
 }
@@ -991,43 +957,27 @@ async fn s1_kill9_jetway_and_restart() {
 async fn s2_nats_restart_same_store() {
     let _serial = SERIAL.lock().await;
     let profile = profile();
-    let mut nats = Nats::start();
-    let processed = Processed::default();
-    let endpoint =
-        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
-    let jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
-    let ledger = SharedLedger::default();
-    let load = start_load(
-        "s2",
-        profile,
-        0,
-        Target::new(&[api_url(&jetway)]),
-        ledger.clone(),
-    );
+    let mut rig = Rig::new(profile);
+    let endpoint = rig.quick_endpoint().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let jetway = spawn_ready(&yaml).await;
+    let load = rig.load("s2", &Target::new(&[api_url(&jetway)]));
 
     let gap = profile.fault / 2;
     let restarts = if profile.name == "full" { 3 } else { 1 };
     for k in 0..restarts {
-        wait_acked(&ledger, profile.total() * (k + 1) / (restarts + 1)).await;
-        nats.stop();
+        rig.wait_part(k, restarts).await;
+        rig.nats.stop();
         tokio::time::sleep(gap).await;
-        nats.restart();
+        rig.nats.restart();
     }
     load.await.expect("load");
-    account(
+    rig.account(
         "2 nats-server restart",
         &format!("kill -9 nats-server x{restarts}, down {gap:?}, same store"),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
-        &|| format!("requests={}", endpoint.count()),
-        Expect {
-            connection_errors: false,
-            max_duplicates: dup_bound(profile, restarts),
-        },
+        &|| requests(&endpoint),
+        false,
+        restarts,
     )
     .await;
 }
@@ -1037,42 +987,26 @@ async fn s2_nats_restart_same_store() {
 async fn s3_nats_frozen() {
     let _serial = SERIAL.lock().await;
     let profile = profile();
-    let nats = Nats::start();
-    let processed = Processed::default();
-    let endpoint =
-        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
-    let jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
-    let ledger = SharedLedger::default();
-    let load = start_load(
-        "s3",
-        profile,
-        0,
-        Target::new(&[api_url(&jetway)]),
-        ledger.clone(),
-    );
+    let rig = Rig::new(profile);
+    let endpoint = rig.quick_endpoint().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let jetway = spawn_ready(&yaml).await;
+    let load = rig.load("s3", &Target::new(&[api_url(&jetway)]));
 
     let freezes = if profile.name == "full" { 2 } else { 1 };
     for k in 0..freezes {
-        wait_acked(&ledger, profile.total() * (k + 1) / (freezes + 1)).await;
-        nats.freeze();
+        rig.wait_part(k, freezes).await;
+        rig.nats.freeze();
         tokio::time::sleep(profile.fault).await;
-        nats.thaw();
+        rig.nats.thaw();
     }
     load.await.expect("load");
-    account(
+    rig.account(
         "3 nats-server SIGSTOP",
         &format!("SIGSTOP nats-server x{freezes} for {:?}", profile.fault),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
-        &|| format!("requests={}", endpoint.count()),
-        Expect {
-            connection_errors: false,
-            max_duplicates: dup_bound(profile, freezes),
-        },
+        &|| requests(&endpoint),
+        false,
+        freezes,
     )
     .await;
 }
@@ -1100,9 +1034,7 @@ async fn s4_cluster_leader_killed() {
         Duration::from_secs(90),
         "jetway ready on the cluster",
         || async {
-            let r = reqwest::get(format!("http://{}/readyz", jetway.metrics))
-                .await
-                .ok()?;
+            let r = reqwest::get(jetway.metrics_url("/readyz")).await.ok()?;
             (r.status() == 200).then_some(())
         },
     )
@@ -1160,32 +1092,23 @@ async fn s5_endpoint_flaps() {
         pace: step * 4 * min_cycles / profile.per_publisher as u32,
         ..profile
     };
-    let nats = Nats::start();
-    let processed = Processed::default();
+    let rig = Rig::new(profile);
     // Phases: 0 = 200, 1 = 503 (half with Retry-After: 1), 2 = slow
     // (under and over the subscription's 1s timeout).
     let phase = Arc::new(AtomicU8::new(0));
     let p = phase.clone();
-    let endpoint = RawEndpoint::start(&processed, move |n| match p.load(Ordering::SeqCst) {
+    let endpoint = RawEndpoint::start(&rig.processed, move |n| match p.load(Ordering::SeqCst) {
         1 => Answer::Status(503, (n % 2 == 0).then_some(1)),
         2 if n % 4 == 0 => Answer::Ok(Duration::from_millis(1500)),
         2 => Answer::Ok(Duration::from_millis(300)),
         _ => Answer::Ok(Duration::from_millis((n % 10) as u64)),
     })
     .await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url(), FLAKY_RETRY, "");
-    let jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
-    let ledger = SharedLedger::default();
-    let load = start_load(
-        "s5",
-        profile,
-        0,
-        Target::new(&[api_url(&jetway)]),
-        ledger.clone(),
-    );
+    let yaml = rig.yaml(&endpoint.url(), FLAKY_RETRY);
+    let jetway = spawn_ready(&yaml).await;
+    let load = rig.load("s5", &Target::new(&[api_url(&jetway)]));
 
-    wait_acked(&ledger, profile.total() / 10).await;
+    wait_acked(&rig.ledger, profile.total() / 10).await;
     let mut cycles = 0;
     while cycles < min_cycles || !load.is_finished() {
         cycles += 1;
@@ -1200,21 +1123,15 @@ async fn s5_endpoint_flaps() {
         tokio::time::sleep(step).await;
     }
     load.await.expect("load");
-    account(
+    rig.account(
         "5 endpoint flaps",
         &format!(
             "endpoint x{cycles}, {}ms each: refused, 503, slow (1/4 over the 1s timeout), 200",
             step.as_millis()
         ),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
         &|| endpoint.stats(cycles),
-        Expect {
-            connection_errors: false,
-            max_duplicates: dup_bound(profile, cycles as usize),
-        },
+        false,
+        cycles as usize,
     )
     .await;
 }
@@ -1230,11 +1147,10 @@ async fn s6_endpoint_breaks_http() {
         pace: profile.fault * 2 / profile.per_publisher as u32,
         ..profile
     };
-    let nats = Nats::start();
-    let processed = Processed::default();
+    let rig = Rig::new(profile);
     let broken = Arc::new(AtomicU8::new(0));
     let b = broken.clone();
-    let endpoint = RawEndpoint::start(&processed, move |n| {
+    let endpoint = RawEndpoint::start(&rig.processed, move |n| {
         if b.load(Ordering::SeqCst) == 0 {
             return Answer::Ok(Duration::from_millis((n % 10) as u64));
         }
@@ -1247,19 +1163,11 @@ async fn s6_endpoint_breaks_http() {
         }
     })
     .await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url(), FLAKY_RETRY, "");
-    let jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
-    let ledger = SharedLedger::default();
-    let load = start_load(
-        "s6",
-        profile,
-        0,
-        Target::new(&[api_url(&jetway)]),
-        ledger.clone(),
-    );
+    let yaml = rig.yaml(&endpoint.url(), FLAKY_RETRY);
+    let jetway = spawn_ready(&yaml).await;
+    let load = rig.load("s6", &Target::new(&[api_url(&jetway)]));
 
-    wait_acked(&ledger, profile.total() / 10).await;
+    wait_acked(&rig.ledger, profile.total() / 10).await;
     let started = Instant::now();
     broken.store(1, Ordering::SeqCst);
     within(Duration::from_secs(300), "load done", || {
@@ -1270,21 +1178,15 @@ async fn s6_endpoint_breaks_http() {
     let broken_for = started.elapsed();
     broken.store(0, Ordering::SeqCst);
     load.await.expect("load");
-    account(
+    rig.account(
         "6 endpoint breaks HTTP",
         &format!(
             "for {:.1}s (until the load ended), of every 6 requests: close unanswered, garbage, 200 head + truncated body, broken header, 2 fine",
             broken_for.as_secs_f64()
         ),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
         &|| endpoint.stats(0),
-        Expect {
-            connection_errors: false,
-            max_duplicates: dup_bound(profile, 1),
-        },
+        false,
+        1,
     )
     .await;
 }
@@ -1294,48 +1196,38 @@ async fn s6_endpoint_breaks_http() {
 async fn s7_sigterm_under_load() {
     let _serial = SERIAL.lock().await;
     let profile = profile();
-    let nats = Nats::start();
-    let processed = Processed::default();
+    let rig = Rig::new(profile);
     // Slow enough that deliveries are in flight when the signal comes.
-    let endpoint = recording_endpoint(&processed, |n| {
+    let endpoint = recording_endpoint(&rig.processed, |n| {
         Duration::from_millis(50 + (n % 8) as u64 * 25)
     })
     .await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
-    let mut jetway = spawn_jetway(&yaml);
-    jetway.wait_ready().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let mut jetway = spawn_ready(&yaml).await;
     let target = Target::new(&[api_url(&jetway)]);
-    let ledger = SharedLedger::default();
-    let load = start_load("s7", profile, 0, target.clone(), ledger.clone());
+    let load = rig.load("s7", &target);
 
     let stops = if profile.name == "full" { 3 } else { 1 };
     let mut took = Vec::new();
     for k in 0..stops {
-        wait_acked(&ledger, profile.total() * (k + 1) / (stops + 1)).await;
+        rig.wait_part(k, stops).await;
         let started = Instant::now();
         let code = jetway.terminate().await;
         took.push(format!("{:.1}s", started.elapsed().as_secs_f64()));
         assert_eq!(code, Some(0), "exit code after SIGTERM");
-        jetway = spawn_jetway(&yaml);
-        jetway.wait_ready().await;
+        jetway = spawn_ready(&yaml).await;
         target.set(&[api_url(&jetway)]);
     }
     load.await.expect("load");
-    account(
+    rig.account(
         "7 SIGTERM under load",
         &format!(
             "SIGTERM x{stops} (exit 0 after {}), restart",
             took.join(",")
         ),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
-        &|| format!("requests={}", endpoint.count()),
-        Expect {
-            connection_errors: true,
-            max_duplicates: dup_bound(profile, stops),
-        },
+        &|| requests(&endpoint),
+        true,
+        stops,
     )
     .await;
 }
@@ -1345,20 +1237,17 @@ async fn s7_sigterm_under_load() {
 async fn s8_replica_killed() {
     let _serial = SERIAL.lock().await;
     let profile = profile();
-    let nats = Nats::start();
-    let processed = Processed::default();
-    let endpoint =
-        recording_endpoint(&processed, |n| Duration::from_millis(5 + (n % 20) as u64)).await;
-    let yaml = jetway_yaml(&nats.url(), 1, &endpoint.url("/e"), "", "");
+    let rig = Rig::new(profile);
+    let endpoint = rig.quick_endpoint().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
     let mut a = spawn_jetway(&yaml);
     let b = spawn_jetway(&yaml);
     a.wait_ready().await;
     b.wait_ready().await;
     let target = Target::new(&[api_url(&a), api_url(&b)]);
-    let ledger = SharedLedger::default();
-    let load = start_load("s8", profile, 0, target.clone(), ledger.clone());
+    let load = rig.load("s8", &target);
 
-    wait_acked(&ledger, profile.total() / 3).await;
+    wait_acked(&rig.ledger, profile.total() / 3).await;
     // Both share the consumer: each has delivered part of the messages.
     let (by_a, by_b) = within(
         Duration::from_secs(30),
@@ -1372,20 +1261,14 @@ async fn s8_replica_killed() {
     a.kill9();
     target.set(&[api_url(&b)]);
     load.await.expect("load");
-    account(
+    rig.account(
         "8 replica killed",
         &format!(
             "2 replicas, one consumer; kill -9 replica A mid-load (A had delivered {by_a}, B {by_b}), not restarted"
         ),
-        profile,
-        &nats.url(),
-        &ledger,
-        &processed,
-        &|| format!("requests={}", endpoint.count()),
-        Expect {
-            connection_errors: true,
-            max_duplicates: dup_bound(profile, 1),
-        },
+        &|| requests(&endpoint),
+        true,
+        1,
     )
     .await;
 }

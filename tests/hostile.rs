@@ -7,10 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config_yaml, Nats, Sidecar};
+use common::api::request;
+use common::raw::{closed_within, raw, read_answer};
+use common::{config_yaml, start_sidecar_with_limits, Nats, Sidecar};
 use jetway::server::Limits;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Tighter than the built-in 10 s so the timeouts can be watched quickly.
@@ -29,10 +31,7 @@ const MAX_BODY: usize = 64 * 1024;
 static MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 async fn start() -> (Nats, Sidecar) {
-    let nats = Nats::start();
-    let sidecar =
-        Sidecar::start_with_limits(&config_yaml(&nats, "api: { max_body: 64KiB }\n"), LIMITS).await;
-    (nats, sidecar)
+    start_sidecar_with_limits("api: { max_body: 64KiB }\n", LIMITS).await
 }
 
 /// A normal publish still works.
@@ -41,89 +40,6 @@ async fn publish_ok(sidecar: &Sidecar) {
     assert_eq!(r.status(), 200, "a normal publish must succeed");
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["stream"], "ORDERS");
-}
-
-/// An answer read off a raw connection.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-
-    /// Asserts the status and the `code` of the JSON error body.
-    fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(self.json()["error"]["code"], code, "{self:?}");
-    }
-}
-
-/// Reads one HTTP/1.1 answer (head, then a Content-Length body).
-async fn read_answer<R: AsyncRead + Unpin>(stream: &mut R) -> Option<Answer> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < length {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    Some(Answer { status, head, body })
-}
-
-/// Sends raw bytes on a new connection and reads the answer.
-async fn raw(sidecar: &Sidecar, request: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(sidecar.api).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    tokio::time::timeout(Duration::from_secs(10), read_answer(&mut stream))
-        .await
-        .expect("an answer in time")
-        .expect("an answer")
-}
-
-/// Waits until the server closes `stream` (EOF or reset); returns how long
-/// that took.
-async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
-    let started = Instant::now();
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(
-            limit.saturating_sub(started.elapsed()),
-            stream.read(&mut buf),
-        )
-        .await
-        {
-            Err(_) => panic!("the connection is still open after {limit:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
-            Ok(Ok(_)) => {}
-        }
-    }
 }
 
 fn rss_kib() -> u64 {
@@ -551,28 +467,13 @@ async fn wrong_methods_get_405_json() {
         ("GET", "/v1/dead-letters/x/replay"),
         ("POST", "/v1/streams/ORDERS/messages/1"),
     ] {
-        let r = sidecar
-            .http
-            .request(method.parse().expect("method"), sidecar.url(path))
-            .send()
+        request(&sidecar.http, method, &sidecar.url(path))
             .await
-            .expect("send");
-        assert_eq!(r.status(), 405, "{method} {path}");
-        let body: Value = r.json().await.expect("json");
-        assert_eq!(
-            body["error"]["code"], "method_not_allowed",
-            "{method} {path}"
-        );
+            .assert_error_at(405, "method_not_allowed", &format!("{method} {path}"));
     }
-    let r = sidecar
-        .http
-        .post(format!("http://{}/metrics", sidecar.metrics))
-        .send()
+    request(&sidecar.http, "POST", &sidecar.metrics_url("/metrics"))
         .await
-        .expect("send");
-    assert_eq!(r.status(), 405);
-    let body: Value = r.json().await.expect("json");
-    assert_eq!(body["error"]["code"], "method_not_allowed");
+        .assert_error(405, "method_not_allowed");
     publish_ok(&sidecar).await;
 }
 
@@ -592,25 +493,13 @@ async fn unknown_routes_get_404_json() {
         "/%ff",
         "/../../etc/passwd",
     ] {
-        let r = sidecar
-            .http
-            .get(sidecar.url(path))
-            .send()
+        request(&sidecar.http, "GET", &sidecar.url(path))
             .await
-            .expect("send");
-        assert_eq!(r.status(), 404, "{path}");
-        let body: Value = r.json().await.expect("json");
-        assert_eq!(body["error"]["code"], "not_found", "{path}");
+            .assert_error_at(404, "not_found", path);
     }
-    let r = sidecar
-        .http
-        .get(format!("http://{}/nope", sidecar.metrics))
-        .send()
+    request(&sidecar.http, "GET", &sidecar.metrics_url("/nope"))
         .await
-        .expect("send");
-    assert_eq!(r.status(), 404);
-    let body: Value = r.json().await.expect("json");
-    assert_eq!(body["error"]["code"], "not_found");
+        .assert_error(404, "not_found");
     publish_ok(&sidecar).await;
 }
 

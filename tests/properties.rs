@@ -3,12 +3,15 @@
 //! whatever they are given, and what one accepts the others agree with.
 //! The fuzz targets in `fuzz/` dig deeper; these run in CI.
 
+#[path = "common/header_list.rs"]
+mod header_list;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
-use jetway::config::{parse_duration, parse_size, Config, PublishConfig};
+use jetway::config::{parse_duration, parse_size, Config};
 use jetway::delivery::retry::parse_retry_after;
 use jetway::publish::batch::{self, MAX_ITEMS};
 use jetway::publish::headers::{
@@ -18,6 +21,8 @@ use jetway::publish::headers::{
 use jetway::subject::{self, MAX_LEN};
 use proptest::prelude::*;
 use serde_json::json;
+
+use header_list::{header_map, is_documented, publish_config, NAMES};
 
 /// Printable ASCII that may appear in a subject token.
 fn token_char() -> impl Strategy<Value = char> {
@@ -51,35 +56,6 @@ fn any_text() -> impl Strategy<Value = String> {
 static DURATION_UNITS: [&str; 5] = ["ms", "s", "m", "h", "d"];
 static SIZE_UNITS: [&str; 5] = ["", "B", "KiB", "MiB", "GiB"];
 
-fn publish_config(generate_ids: bool) -> PublishConfig {
-    PublishConfig {
-        allow: None,
-        forward_headers: vec!["x-tenant".into()],
-        generate_ids,
-    }
-}
-
-/// Header names the mapping treats specially, and some it ignores.
-const NAMES: &[&str] = &[
-    "content-type",
-    "idempotency-key",
-    "jetway-expected-last-subject-sequence",
-    "jetway-expected-last-sequence",
-    "jetway-expected-stream",
-    "ce-specversion",
-    "ce-id",
-    "ce-source",
-    "ce-type",
-    "ce-subject",
-    "traceparent",
-    "tracestate",
-    "x-tenant",
-    "x-other",
-    "authorization",
-    "nats-msg-id",
-    "nats-expected-stream",
-];
-
 fn header_value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         "[ -~]{0,40}".prop_map(String::into_bytes),
@@ -96,21 +72,6 @@ fn header_name() -> impl Strategy<Value = String> {
         prop::sample::select(NAMES).prop_map(str::to_string),
         "(ce-|x-|nats-|jetway-)?[a-z0-9-]{1,12}",
     ]
-}
-
-/// The names SPEC section 3 says a publish may store.
-fn is_documented(name: &str) -> bool {
-    matches!(
-        name,
-        "Content-Type"
-            | "Nats-Msg-Id"
-            | "Nats-Expected-Last-Subject-Sequence"
-            | "Nats-Expected-Last-Sequence"
-            | "Nats-Expected-Stream"
-            | "traceparent"
-            | "tracestate"
-            | "x-tenant"
-    ) || name.starts_with("ce-")
 }
 
 /// A JSON value of bounded depth.
@@ -377,13 +338,8 @@ proptest! {
         ],
         generate_ids in any::<bool>(),
     ) {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &pairs {
-            // Only what hyper could have handed over.
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
-                headers.append(n, v);
-            }
-        }
+        // Only what hyper could have handed over.
+        let headers = header_map(pairs.iter().map(|(n, v)| (n, v)));
         match map_headers(&headers, &body, &publish_config(generate_ids), || "jw-gen".into()) {
             Ok(mapped) => {
                 for (name, _) in mapped.headers.iter() {

@@ -3,104 +3,18 @@
 //! stored message read back byte for byte, dedup, batches, the metrics,
 //! readiness and the OpenAPI document agreeing with the router.
 mod common;
+use common::api::{answer, post, post_batch};
+use common::metrics::outcome;
+use common::nats::{stored, stored_count};
 use common::*;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-
-/// What the sidecar answered.
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-
-    fn seq(&self) -> u64 {
-        self.body["seq"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no seq in {}", self.body))
-    }
-}
-
-async fn answer(response: reqwest::Response) -> Answer {
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.expect("response body");
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-        panic!(
-            "{status}: body is not JSON: {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// `POST /v1/publish/{subject}` with the given headers.
-async fn post(
-    s: &Sidecar,
-    subject: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<reqwest::Body>,
-) -> Answer {
-    let mut request = s
-        .http
-        .post(s.url(&format!("/v1/publish/{subject}")))
-        .body(body);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    answer(request.send().await.expect("publish request")).await
-}
-
-/// `POST /v1/publish` (a batch).
-async fn post_batch(s: &Sidecar, content_type: &str, body: String) -> Answer {
-    let response = s
-        .http
-        .post(s.url("/v1/publish"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("batch request");
-    answer(response).await
-}
-
-/// `jetway_publish_total{stream, outcome}`.
-async fn outcome(s: &Sidecar, stream: &str, outcome: &str) -> f64 {
-    s.metric(
-        "jetway_publish_total",
-        &[("stream", stream), ("outcome", outcome)],
-    )
-    .await
-}
-
-/// How many messages the ORDERS stream holds.
-async fn stored_count(nats: &Nats) -> u64 {
-    let js = nats.client().await;
-    let mut stream = js.get_stream("ORDERS").await.expect("ORDERS exists");
-    stream.info().await.expect("stream info").state.messages
-}
-
-async fn stored(nats: &Nats, seq: u64) -> async_nats::jetstream::message::StreamMessage {
-    let js = nats.client().await;
-    let stream = js.get_stream("ORDERS").await.expect("ORDERS exists");
-    stream.get_raw_message(seq).await.expect("stored message")
-}
 
 /// Every stored header as sorted (name, value) pairs, names as stored.
 fn header_pairs(headers: &async_nats::HeaderMap) -> Vec<(String, String)> {
@@ -137,12 +51,7 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_event_is_stored_byte_for_byte_with_its_mapped_headers() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(
-        &nats,
-        "publish: { forward_headers: [x-tenant] }\n",
-    ))
-    .await;
+    let (nats, s) = start_sidecar("publish: { forward_headers: [x-tenant] }\n").await;
     let payload: &[u8] = b"\x00\xff binary \r\n\xc3\xa9 \x7f end";
     let a = post(
         &s,
@@ -216,8 +125,7 @@ async fn published_event_is_stored_byte_for_byte_with_its_mapped_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_subject_header_or_cloudevent_is_400_with_its_code() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     let ce = [("content-type", "application/cloudevents+json")];
     let cases: Vec<BadRequest> = vec![
         ("orders..x", vec![], b"x", "subject_invalid"),
@@ -298,8 +206,7 @@ async fn bad_subject_header_or_cloudevent_is_400_with_its_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_wrong_token_is_401() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "api: { token: s3cret }\n")).await;
+    let (nats, s) = start_sidecar("api: { token: s3cret }\n").await;
     for auth in [
         None,
         Some("Bearer wrong"),
@@ -344,12 +251,8 @@ async fn missing_or_wrong_token_is_401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subject_outside_publish_allow_is_403() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(
-        &nats,
-        "publish: { allow: [\"orders.created\", \"orders.eu.*\"] }\n",
-    ))
-    .await;
+    let (nats, s) =
+        start_sidecar("publish: { allow: [\"orders.created\", \"orders.eu.*\"] }\n").await;
     for subject in ["orders.deleted", "orders.eu.1.x", "payments.x"] {
         let a = post(&s, subject, &[], &b"x"[..]).await;
         assert_eq!((a.status, a.code()), (403, "forbidden"), "{subject}");
@@ -367,11 +270,10 @@ async fn subject_outside_publish_allow_is_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subject_no_stream_captures_is_404() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (_nats, s) = start_sidecar("").await;
     let started = Instant::now();
     let a = post(&s, "payments.received", &[], &b"x"[..]).await;
-    assert_eq!((a.status, a.code()), (404, "no_stream"), "{}", a.body);
+    a.assert_error(404, "no_stream");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "answered at once"
@@ -385,50 +287,36 @@ async fn subject_no_stream_captures_is_404() {
         &b"x"[..],
     )
     .await;
-    assert_eq!((a.status, a.code()), (404, "no_stream"), "{}", a.body);
+    a.assert_error(404, "no_stream");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(outcome(&s, "unknown", "no_stream").await, 2.0);
     s.stop().await;
 }
 
+/// The expectation headers of a publish (SPEC section 3).
+const EXPECT_SUBJECT_SEQ: &str = "jetway-expected-last-subject-sequence";
+const EXPECT_SEQ: &str = "jetway-expected-last-sequence";
+const EXPECT_STREAM: &str = "jetway-expected-stream";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_expectation_is_409_with_last_sequence() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     for subject in ["orders.a", "orders.a", "orders.b"] {
         assert_eq!(post(&s, subject, &[], &b"x"[..]).await.status, 200);
     }
     // orders.a is at 2, the stream at 3.
-    let a = post(
-        &s,
-        "orders.a",
-        &[("jetway-expected-last-subject-sequence", "1")],
-        &b"x"[..],
-    )
-    .await;
-    assert_eq!((a.status, a.code()), (409, "conflict"), "{}", a.body);
+    let a = post(&s, "orders.a", &[(EXPECT_SUBJECT_SEQ, "1")], &b"x"[..]).await;
+    a.assert_error(409, "conflict");
     assert_eq!(a.body["error"]["last_sequence"], 2);
 
-    let a = post(
-        &s,
-        "orders.new",
-        &[("jetway-expected-last-subject-sequence", "5")],
-        &b"x"[..],
-    )
-    .await;
-    assert_eq!((a.status, a.code()), (409, "conflict"), "{}", a.body);
+    let a = post(&s, "orders.new", &[(EXPECT_SUBJECT_SEQ, "5")], &b"x"[..]).await;
+    a.assert_error(409, "conflict");
     assert_eq!(
         a.body["error"]["last_sequence"], 0,
         "a subject without messages"
     );
 
-    let a = post(
-        &s,
-        "orders.a",
-        &[("jetway-expected-last-subject-sequence", "2")],
-        &b"x"[..],
-    )
-    .await;
+    let a = post(&s, "orders.a", &[(EXPECT_SUBJECT_SEQ, "2")], &b"x"[..]).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.seq(), 4);
     let msg = stored(&nats, 4).await;
@@ -439,40 +327,16 @@ async fn failed_expectation_is_409_with_last_sequence() {
         Some("2".to_string())
     );
 
-    let a = post(
-        &s,
-        "orders.c",
-        &[("jetway-expected-last-sequence", "3")],
-        &b"x"[..],
-    )
-    .await;
-    assert_eq!((a.status, a.code()), (409, "conflict"), "{}", a.body);
+    let a = post(&s, "orders.c", &[(EXPECT_SEQ, "3")], &b"x"[..]).await;
+    a.assert_error(409, "conflict");
     assert_eq!(a.body["error"]["last_sequence"], 4);
-    let a = post(
-        &s,
-        "orders.c",
-        &[("jetway-expected-last-sequence", "4")],
-        &b"x"[..],
-    )
-    .await;
+    let a = post(&s, "orders.c", &[(EXPECT_SEQ, "4")], &b"x"[..]).await;
     assert_eq!(a.status, 200, "{}", a.body);
 
-    let a = post(
-        &s,
-        "orders.c",
-        &[("jetway-expected-stream", "OTHER")],
-        &b"x"[..],
-    )
-    .await;
-    assert_eq!((a.status, a.code()), (409, "conflict"), "{}", a.body);
+    let a = post(&s, "orders.c", &[(EXPECT_STREAM, "OTHER")], &b"x"[..]).await;
+    a.assert_error(409, "conflict");
     assert!(a.body["error"].get("last_sequence").is_none(), "{}", a.body);
-    let a = post(
-        &s,
-        "orders.c",
-        &[("jetway-expected-stream", "ORDERS")],
-        &b"x"[..],
-    )
-    .await;
+    let a = post(&s, "orders.c", &[(EXPECT_STREAM, "ORDERS")], &b"x"[..]).await;
     assert_eq!(a.status, 200, "{}", a.body);
 
     assert_eq!(stored_count(&nats).await, 6);
@@ -482,17 +346,11 @@ async fn failed_expectation_is_409_with_last_sequence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_max_body_is_413() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "api: { max_body: 1KiB }\n")).await;
+    let (nats, s) = start_sidecar("api: { max_body: 1KiB }\n").await;
     let a = post(&s, "orders.x", &[], vec![b'a'; 1024]).await;
     assert_eq!(a.status, 200, "exactly max_body is fine: {}", a.body);
     let a = post(&s, "orders.x", &[], vec![b'a'; 1025]).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (413, "payload_too_large"),
-        "{}",
-        a.body
-    );
+    a.assert_error(413, "payload_too_large");
     assert_eq!(stored_count(&nats).await, 1);
     assert_eq!(outcome(&s, "ORDERS", "too_large").await, 1.0);
     s.stop().await;
@@ -500,8 +358,7 @@ async fn body_over_max_body_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_over_max_body_is_413_without_reading_it_all() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "api: { max_body: 1KiB }\n")).await;
+    let (nats, s) = start_sidecar("api: { max_body: 1KiB }\n").await;
     const CHUNK: usize = 16 * 1024;
     const TOTAL: usize = 256 * 1024 * 1024;
     let sent = Arc::new(AtomicUsize::new(0));
@@ -520,12 +377,7 @@ async fn chunked_body_over_max_body_is_413_without_reading_it_all() {
         .expect("refused before the whole body was sent")
         .expect("an answer, not a broken connection");
     let a = answer(response).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (413, "payload_too_large"),
-        "{}",
-        a.body
-    );
+    a.assert_error(413, "payload_too_large");
     let sent = sent.load(Ordering::SeqCst);
     assert!(
         sent < TOTAL / 4,
@@ -543,12 +395,7 @@ async fn body_over_the_servers_max_payload_is_413() {
     let nats = Nats::start_with(&["-c", conf.path().to_str().expect("utf-8 path")]);
     let s = Sidecar::start(&config_yaml(&nats, "")).await;
     let a = post(&s, "orders.x", &[], vec![b'a'; 4096]).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (413, "payload_too_large"),
-        "{}",
-        a.body
-    );
+    a.assert_error(413, "payload_too_large");
     let a = post(&s, "orders.x", &[], vec![b'a'; 1024]).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(stored_count(&nats).await, 1);
@@ -558,8 +405,7 @@ async fn body_over_the_servers_max_payload_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_in_flight_limit_is_429_with_retry_after() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "api: { max_in_flight: 1 }\n")).await;
+    let (nats, s) = start_sidecar("api: { max_in_flight: 1 }\n").await;
     assert_eq!(post(&s, "orders.x", &[], &b"x"[..]).await.status, 200);
     // A frozen server never acks, so the one admitted publish stays in
     // flight for request_timeout (2s) and every other one sent meanwhile,
@@ -600,7 +446,7 @@ async fn over_the_in_flight_limit_is_429_with_retry_after() {
                 (207, Some("timeout"))
             );
         } else {
-            assert_eq!((a.status, a.code()), (504, "timeout"), "{}", a.body);
+            a.assert_error(504, "timeout");
         }
     }
     assert_eq!(shed, 4, "all but one of five are shed");
@@ -621,8 +467,7 @@ async fn over_the_in_flight_limit_is_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_nats_is_504_and_the_same_key_is_then_a_duplicate() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     nats.freeze();
     let started = Instant::now();
     let a = post(
@@ -633,7 +478,7 @@ async fn frozen_nats_is_504_and_the_same_key_is_then_a_duplicate() {
     )
     .await;
     let took = started.elapsed();
-    assert_eq!((a.status, a.code()), (504, "timeout"), "{}", a.body);
+    a.assert_error(504, "timeout");
     // request_timeout is 2s in the test config.
     assert!(
         took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
@@ -674,7 +519,7 @@ async fn stopped_nats_is_503_and_publishing_resumes_after_restart() {
     .await;
     let readyz = s
         .http
-        .get(format!("http://{}/readyz", s.metrics))
+        .get(s.metrics_url("/readyz"))
         .send()
         .await
         .expect("readyz");
@@ -686,12 +531,7 @@ async fn stopped_nats_is_503_and_publishing_resumes_after_restart() {
         started.elapsed() < Duration::from_secs(2),
         "answered within request_timeout"
     );
-    assert_eq!(
-        (a.status, a.code()),
-        (503, "nats_unavailable"),
-        "{}",
-        a.body
-    );
+    a.assert_error(503, "nats_unavailable");
     assert!(a.headers.contains_key("retry-after"));
     let a = post_batch(
         &s,
@@ -699,12 +539,7 @@ async fn stopped_nats_is_503_and_publishing_resumes_after_restart() {
         "{\"subject\":\"orders.x\"}\n".into(),
     )
     .await;
-    assert_eq!(
-        (a.status, a.code()),
-        (503, "nats_unavailable"),
-        "{}",
-        a.body
-    );
+    a.assert_error(503, "nats_unavailable");
     assert_eq!(outcome(&s, "ORDERS", "unavailable").await, 2.0);
 
     nats.restart();
@@ -732,8 +567,7 @@ async fn stopped_nats_is_503_and_publishing_resumes_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_idempotency_key_is_stored_once() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     let first = post(&s, "orders.x", &[("idempotency-key", "once")], &b"a"[..]).await;
     let second = post(&s, "orders.x", &[("idempotency-key", "once")], &b"a"[..]).await;
     assert_eq!(
@@ -755,8 +589,7 @@ async fn same_idempotency_key_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_cloudevent_is_stored_once() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     let structured = [("content-type", "application/cloudevents+json")];
     let event: &'static [u8] = br#"{"specversion":"1.0","id":"e-1","source":"/orders","type":"order.created","data":{"n":1}}"#;
     let a = post(&s, "orders.created", &structured, event).await;
@@ -854,8 +687,7 @@ async fn assert_stored_in_order(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ndjson_batch_of_200_answers_in_input_order() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     let items = batch_items(200);
     let body: String = items.iter().map(|i| format!("{i}\n")).collect();
     let a = post_batch(&s, "application/x-ndjson", body).await;
@@ -877,12 +709,7 @@ async fn ndjson_batch_of_200_answers_in_input_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_array_batch_with_one_bad_item_is_207_and_stores_the_others() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(
-        &nats,
-        "publish: { forward_headers: [x-tenant] }\n",
-    ))
-    .await;
+    let (nats, s) = start_sidecar("publish: { forward_headers: [x-tenant] }\n").await;
     let mut items = batch_items(200);
     items[57] = json!({"subject": "orders..bad", "data": 1});
     let a = post_batch(
@@ -936,8 +763,7 @@ async fn json_array_batch_with_one_bad_item_is_207_and_stores_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_batch_is_400_and_stores_nothing() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (nats, s) = start_sidecar("").await;
     assert_eq!(post(&s, "orders.x", &[], &b"x"[..]).await.status, 200);
     let good = "{\"subject\":\"orders.x\",\"data\":1}\n".repeat(10);
     let cases = [
@@ -978,8 +804,7 @@ async fn malformed_batch_is_400_and_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_route_is_404_and_wrong_method_is_405() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (_nats, s) = start_sidecar("").await;
     for path in ["/v1/nope", "/v1", "/", "/v2/publish/orders.x"] {
         let a = answer(s.http.get(s.url(path)).send().await.expect("get")).await;
         assert_eq!((a.status, a.code()), (404, "not_found"), "{path}");
@@ -1036,8 +861,7 @@ fn routes_in_router_source() -> BTreeSet<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_and_router_agree() {
-    let nats = Nats::start();
-    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let (_nats, s) = start_sidecar("").await;
     let doc = answer(
         s.http
             .get(s.url("/v1/openapi.json"))
@@ -1122,53 +946,14 @@ async fn openapi_document_and_router_agree() {
     s.stop().await;
 }
 
-/// A sidecar started with `jetway::run` directly, so it can start before
-/// NATS is reachable (`Sidecar::start` waits for readiness).
-struct Unready {
-    api: SocketAddr,
-    metrics: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), jetway::RunError>>,
-}
-
-async fn start_unready(yaml: &str) -> Unready {
-    let config = jetway::Config::from_yaml(yaml, common::least_privilege_env(yaml))
-        .expect("valid test config");
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let (api_addr, metrics_addr) = (
-        api.local_addr().expect("addr"),
-        metrics.local_addr().expect("addr"),
-    );
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(jetway::run(
-        config,
-        jetway::Listeners { api, metrics },
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    Unready {
-        api: api_addr,
-        metrics: metrics_addr,
-        stop,
-        task,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_until_nats_connects() {
     let mut nats = Nats::start();
     nats.stop();
-    let j = start_unready(&config_yaml(&nats, "")).await;
+    let j = Sidecar::start_unready(&config_yaml(&nats, "")).await;
     let http = reqwest::Client::new();
-    let readyz = format!("http://{}/readyz", j.metrics);
-    let healthz = format!("http://{}/healthz", j.metrics);
-    let metrics = format!("http://{}/metrics", j.metrics);
+    let readyz = j.metrics_url("/readyz");
+    let healthz = j.metrics_url("/healthz");
     let (status, reason) = eventually("readyz answers", || {
         let (http, readyz) = (http.clone(), readyz.clone());
         async move {
@@ -1183,59 +968,22 @@ async fn readyz_is_503_until_nats_connects() {
         http.get(&healthz).send().await.expect("healthz").status(),
         200
     );
-    let text = http
-        .get(&metrics)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = j.metrics_text().await;
     assert_eq!(metric_value(&text, "jetway_nats_connected", &[]), Some(0.0));
-    let r = http
-        .post(format!("http://{}/v1/publish/orders.x", j.api))
-        .body("x")
-        .send()
-        .await
-        .expect("publish");
+    let r = j.publish("orders.x", b"x").await;
     let a = answer(r).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (503, "nats_unavailable"),
-        "{}",
-        a.body
-    );
+    a.assert_error(503, "nats_unavailable");
 
     nats.restart();
-    eventually("ready once NATS is up", || {
-        let (http, readyz) = (http.clone(), readyz.clone());
-        async move {
-            let r = http.get(&readyz).send().await.ok()?;
-            (r.status() == 200).then_some(())
-        }
-    })
-    .await;
-    let r = http
-        .post(format!("http://{}/v1/publish/orders.x", j.api))
-        .body("x")
-        .send()
-        .await
-        .expect("publish");
+    j.wait_ready().await;
+    let r = j.publish("orders.x", b"x").await;
     assert_eq!(r.status(), 200);
-    let text = http
-        .get(&metrics)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = j.metrics_text().await;
     assert_eq!(metric_value(&text, "jetway_nats_connected", &[]), Some(1.0));
     assert_eq!(
         metric_value(&text, "jetway_nats_reconnects_total", &[]),
         Some(0.0),
         "a first connection is not a reconnect"
     );
-    let _ = j.stop.send(());
-    j.task.await.expect("join").expect("run ended cleanly");
+    j.stop().await;
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use common::{config_yaml, eventually, free_port, signal, Endpoint, Nats, Sidecar};
+use common::{config_yaml, eventually, free_port, signal, wait_ready, Endpoint, Nats, Sidecar};
 use serde_json::Value;
 
 fn jetway() -> Command {
@@ -171,7 +171,7 @@ async fn tokens_are_accepted_only_whole() {
     // Health and metrics stay open (another listener, nothing secret).
     let r = sidecar
         .http
-        .get(format!("http://{}/healthz", sidecar.metrics))
+        .get(sidecar.metrics_url("/healthz"))
         .send()
         .await
         .expect("send");
@@ -280,17 +280,7 @@ async fn run_and_collect(auth: NatsAuth, log_format: &str) -> String {
 
     let http = reqwest::Client::new();
     let mut answers = String::new();
-    let ready = format!("http://{metrics}/readyz");
-    eventually("jetway ready", || {
-        let (http, ready) = (http.clone(), ready.clone());
-        async move {
-            match http.get(&ready).send().await {
-                Ok(r) if r.status() == 200 => Some(()),
-                _ => None,
-            }
-        }
-    })
-    .await;
+    wait_ready(metrics).await;
 
     let bearer = format!("Bearer {}", s.api_token);
     let publish = |subject: &str, auth: Option<String>| {

@@ -4,16 +4,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_event_is_stored_and_delivered() {
-    let nats = Nats::start();
-    let endpoint = Endpoint::ok().await;
-    let yaml = config_yaml(
-        &nats,
-        &format!(
-            "subscriptions:\n  - {{ name: s1, subject: \"orders.>\", endpoint: \"{}\" }}\n",
-            endpoint.url("/e")
-        ),
-    );
-    let sidecar = Sidecar::start(&yaml).await;
+    let (_nats, endpoint, sidecar) = start_one_subscription().await;
     let resp = sidecar.publish("orders.created", b"hello").await;
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.expect("json");
@@ -24,18 +15,12 @@ async fn published_event_is_stored_and_delivered() {
     let got = &endpoint.received()[0];
     assert_eq!(got.body.as_ref(), b"hello");
     assert_eq!(got.header("jetway-sequence").as_deref(), Some("1"));
-    let m = eventually("success metric", || {
-        let s = &sidecar;
-        async move {
-            let v = s
-                .metric(
-                    "jetway_deliveries_total",
-                    &[("subscription", "s1"), ("outcome", "success")],
-                )
-                .await;
-            (v >= 1.0).then_some(v)
-        }
-    })
+    let m = wait_metric_at_least(
+        &sidecar,
+        "jetway_deliveries_total",
+        &[("subscription", "s1"), ("outcome", "success")],
+        1.0,
+    )
     .await;
     assert_eq!(m, 1.0);
     sidecar.stop().await;

@@ -3,32 +3,20 @@
 //! the documented set are stored.
 #![no_main]
 
+/// The header names, request builder and checks `tests/properties.rs`
+/// uses too.
+#[path = "../../tests/common/header_list.rs"]
+mod header_list;
+
 use arbitrary::Arbitrary;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use jetway::config::PublishConfig;
+use header_list::{header_map, is_documented, publish_config, NAMES};
 use jetway::publish::headers::{map_headers, CLOUDEVENTS_JSON};
 use libfuzzer_sys::fuzz_target;
 
-/// Names the mapping looks at, so the fuzzer reaches every branch quickly.
-const KNOWN: &[&str] = &[
-    "content-type",
-    "idempotency-key",
-    "jetway-expected-last-subject-sequence",
-    "jetway-expected-last-sequence",
-    "jetway-expected-stream",
-    "ce-specversion",
-    "ce-id",
-    "ce-source",
-    "ce-type",
-    "ce-subject",
-    "traceparent",
-    "tracestate",
-    "x-tenant",
-    "authorization",
-];
-
 #[derive(Debug, Arbitrary)]
 enum Name {
+    /// One of the names the mapping looks at, so the fuzzer reaches every
+    /// branch quickly.
     Known(u8),
     Raw(Vec<u8>),
 }
@@ -48,47 +36,24 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let mut headers = HeaderMap::new();
-    for (name, value) in input.headers {
+    let headers = header_map(input.headers.into_iter().map(|(name, value)| {
         let name = match name {
-            Name::Known(i) => HeaderName::from_static(KNOWN[usize::from(i) % KNOWN.len()]),
-            Name::Raw(bytes) => match HeaderName::from_bytes(&bytes) {
-                Ok(n) => n,
-                Err(_) => continue,
-            },
+            Name::Known(i) => NAMES[usize::from(i) % NAMES.len()].as_bytes().to_vec(),
+            Name::Raw(bytes) => bytes,
         };
         let value = match value {
-            Value::Raw(bytes) => match HeaderValue::from_bytes(&bytes) {
-                Ok(v) => v,
-                Err(_) => continue,
-            },
-            Value::CloudEventsJson => HeaderValue::from_static(CLOUDEVENTS_JSON),
-            Value::SpecVersion => HeaderValue::from_static("1.0"),
+            Value::Raw(bytes) => bytes,
+            Value::CloudEventsJson => CLOUDEVENTS_JSON.as_bytes().to_vec(),
+            Value::SpecVersion => b"1.0".to_vec(),
         };
-        headers.append(name, value);
-    }
-    let config = PublishConfig {
-        allow: None,
-        forward_headers: vec!["x-tenant".into()],
-        generate_ids: input.generate_ids,
-    };
+        (name, value)
+    }));
+    let config = publish_config(input.generate_ids);
     match map_headers(&headers, &input.body, &config, || "jw-generated".into()) {
         Ok(mapped) => {
             for (name, _) in mapped.headers.iter() {
                 let name = name.to_string();
-                let lower = name.to_ascii_lowercase();
-                let documented = matches!(
-                    name.as_str(),
-                    "Content-Type"
-                        | "Nats-Msg-Id"
-                        | "Nats-Expected-Last-Subject-Sequence"
-                        | "Nats-Expected-Last-Sequence"
-                        | "Nats-Expected-Stream"
-                        | "traceparent"
-                        | "tracestate"
-                        | "x-tenant"
-                ) || lower.starts_with("ce-");
-                assert!(documented, "stored an undocumented header {name}");
+                assert!(is_documented(&name), "stored an undocumented header {name}");
             }
             if input.generate_ids {
                 assert!(mapped.msg_id.is_some(), "generate_ids always gives an id");
