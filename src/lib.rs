@@ -20,6 +20,7 @@ pub mod inject;
 pub mod metrics;
 pub mod nats;
 pub mod publish;
+pub mod schemas;
 pub mod server;
 pub mod shutdown;
 pub mod subject;
