@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::publish::{self, Publisher};
+use crate::schemas::{self, Schemas};
 use crate::subject::SubjectError;
 
 /// What the `/v1` handlers share.
@@ -35,6 +36,7 @@ pub struct ApiState {
     pub delivery: Arc<Delivery>,
     pub js: async_nats::jetstream::Context,
     pub token: Option<Secret>,
+    pub schemas: Arc<Schemas>,
 }
 
 /// The router's state: axum clones it for every request, so it is one Arc.
@@ -50,6 +52,12 @@ impl FromRef<Shared> for Arc<Publisher> {
 impl FromRef<Shared> for Arc<Delivery> {
     fn from_ref(Shared(s): &Shared) -> Self {
         s.delivery.clone()
+    }
+}
+
+impl FromRef<Shared> for Arc<Schemas> {
+    fn from_ref(Shared(s): &Shared) -> Self {
+        s.schemas.clone()
     }
 }
 
@@ -248,6 +256,23 @@ pub fn router(state: ApiState) -> Api {
             get(admin::get_message),
         )
         .route("/v1/subjects/{subject}/last", get(admin::last_message))
+        .route("/v1/schemas", get(schemas::routes::list))
+        .route(
+            "/v1/schemas/{type}/versions",
+            get(schemas::routes::versions).post(schemas::routes::register),
+        )
+        .route(
+            "/v1/schemas/{type}/versions/{version}",
+            get(schemas::routes::version),
+        )
+        .route(
+            "/v1/schemas/{type}/config",
+            get(schemas::routes::get_config).put(schemas::routes::put_config),
+        )
+        .route(
+            "/v1/schemas/{type}/validate",
+            post(schemas::routes::validate),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(Shared(Arc::new(state)));

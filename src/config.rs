@@ -57,6 +57,7 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     pub app: AppConfig,
     pub subscriptions: Vec<SubscriptionConfig>,
+    pub schemas: Option<crate::schemas::SchemasConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,7 +303,8 @@ impl Config {
 }
 
 /// The top-level keys, which `JETWAY_<KEY>...` overrides start with.
-const TOP_LEVEL: [&str; 11] = [
+const TOP_LEVEL: [&str; 12] = [
+    "schemas",
     "app_id",
     "shutdown_grace",
     "log",
@@ -838,6 +840,7 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
             callback_token,
         },
         subscriptions,
+        schemas: crate::schemas::config::parse_section(top.raw("schemas"), p),
     })
 }
 

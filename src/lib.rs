@@ -58,6 +58,9 @@ impl Listeners {
 pub enum RunError {
     #[error(transparent)]
     Connect(#[from] nats::ConnectError),
+    /// `schemas.register` could not be registered (exit 64).
+    #[error("schemas.register refused:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Schemas(Vec<String>),
 }
 
 /// Runs the sidecar until `shutdown` completes, then drains (SPEC section 8)
@@ -77,13 +80,26 @@ pub async fn run(
     )
     .await?;
     let js = nats::jetstream(client.clone(), &config);
-    let publisher = Arc::new(publish::Publisher::new(
-        js.clone(),
-        client.clone(),
-        &config,
+    let schemas = Arc::new(schemas::Schemas::new(
+        config.schemas.clone().unwrap_or_default(),
         metrics.clone(),
-        health.clone(),
+        config.nats.request_timeout,
     ));
+    let schemas_task = tokio::spawn(schemas.clone().run(js.clone()));
+    if let Err(problems) = schemas.register_from_config().await {
+        schemas_task.abort();
+        return Err(RunError::Schemas(problems));
+    }
+    let publisher = Arc::new(
+        publish::Publisher::new(
+            js.clone(),
+            client.clone(),
+            &config,
+            metrics.clone(),
+            health.clone(),
+        )
+        .with_schemas(schemas.clone()),
+    );
     let delivery = delivery::Delivery::new(&config, js.clone(), metrics.clone());
 
     let provisioning = tokio::spawn(provision(
@@ -101,6 +117,7 @@ pub async fn run(
             delivery: delivery.clone(),
             js: js.clone(),
             token: config.api.token.clone(),
+            schemas: schemas.clone(),
         }),
         server::Limits::default(),
         stop_http.clone(),
@@ -127,6 +144,7 @@ pub async fn run(
     tracing::info!("shutting down: no new publishes, draining deliveries");
     health.begin_shutdown();
     provisioning.abort();
+    schemas_task.abort();
     // Publishes already handed to NATS end within request_timeout; the
     // bound also covers a client stalling mid-body.
     let drain_publishes = async {

@@ -88,7 +88,13 @@ fn run(path: PathBuf) -> Result<(), ExitCode> {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "jetway failed");
-                ExitCode::FAILURE
+                match e {
+                    jetway::RunError::Schemas(_) => {
+                        eprintln!("jetway: {e}");
+                        ExitCode::from(EXIT_INVALID as u8)
+                    }
+                    _ => ExitCode::FAILURE,
+                }
             })
     })
 }

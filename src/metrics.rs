@@ -28,6 +28,8 @@ pub struct Metrics {
     pub consumer_ack_pending: IntGaugeVec,
     pub dead_letters_total: IntCounterVec,
     pub endpoint_up: GaugeVec,
+    pub schema_validations_total: IntCounterVec,
+    pub schema_registry_versions: IntGauge,
 }
 
 impl Metrics {
@@ -134,6 +136,19 @@ impl Metrics {
                 &["subscription"],
             )
             .expect("static metric definition"),
+            schema_validations_total: IntCounterVec::new(
+                Opts::new(
+                    "jetway_schema_validations_total",
+                    "Typed publishes checked against their schema, by outcome",
+                ),
+                &["type", "outcome"],
+            )
+            .expect("static metric definition"),
+            schema_registry_versions: IntGauge::new(
+                "jetway_schema_registry_versions",
+                "Schema versions known to this sidecar, all types",
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -150,6 +165,8 @@ impl Metrics {
             Box::new(m.consumer_ack_pending.clone()),
             Box::new(m.dead_letters_total.clone()),
             Box::new(m.endpoint_up.clone()),
+            Box::new(m.schema_validations_total.clone()),
+            Box::new(m.schema_registry_versions.clone()),
         ];
         for c in collectors {
             m.registry

@@ -80,6 +80,8 @@ pub struct Publisher {
     bodies_kib: u32,
     metrics: Metrics,
     health: Arc<Health>,
+    /// Validates typed events (SPEC section 9) before they are sent.
+    schemas: Option<Arc<crate::schemas::Schemas>>,
 }
 
 impl Publisher {
@@ -103,7 +105,14 @@ impl Publisher {
             bodies_kib: body_budget_kib(config.api.max_body),
             metrics,
             health,
+            schemas: None,
         }
+    }
+
+    /// Validates typed events against the schema registry.
+    pub fn with_schemas(mut self, schemas: Arc<crate::schemas::Schemas>) -> Publisher {
+        self.schemas = Some(schemas);
+        self
     }
 
     /// The stream label for a subject: the configured stream capturing it.
@@ -388,7 +397,12 @@ impl Publisher {
     ) -> Result<Outgoing, ApiError> {
         self.check_subject(&subject)?;
         self.check_size(&payload)?;
-        let mapped = headers::map_headers(headers, &payload, &self.config, Self::generated_id)?;
+        let mut mapped = headers::map_headers(headers, &payload, &self.config, Self::generated_id)?;
+        if let Some(schemas) = &self.schemas {
+            if let Some(checked) = schemas.check_request(headers, &payload)? {
+                checked.stamp(&mut mapped.headers);
+            }
+        }
         Ok(Outgoing {
             subject,
             has_id: mapped.msg_id.is_some(),
