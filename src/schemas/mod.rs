@@ -7,6 +7,7 @@
 //! publish path ([`Schemas::check_publish`]) never reads NATS and keeps
 //! validating while NATS is away.
 
+pub mod cli;
 pub mod compat;
 pub mod config;
 pub mod registry;
@@ -85,6 +86,9 @@ pub struct Schemas {
     registry: Arc<Registry>,
     metrics: Metrics,
     request_timeout: Duration,
+    /// The connection, to refuse a registration while it is down (a write
+    /// would wait in the client's buffer and might land later).
+    client: std::sync::OnceLock<async_nats::Client>,
 }
 
 impl Schemas {
@@ -94,6 +98,7 @@ impl Schemas {
             registry: Arc::new(Registry::default()),
             metrics,
             request_timeout,
+            client: std::sync::OnceLock::new(),
         }
     }
 
@@ -108,6 +113,7 @@ impl Schemas {
     /// Opens (creating if missing) the bucket, retrying until NATS
     /// answers, then follows it for as long as the process runs.
     pub async fn run(self: Arc<Self>, js: async_nats::jetstream::Context) {
+        let _ = self.client.set(js.client());
         let mut delay = Duration::from_millis(200);
         let store = loop {
             match registry::open_bucket(&js, &self.config.bucket, self.config.replicas).await {
@@ -300,7 +306,11 @@ impl Schemas {
             .map_err(|e| SchemaError::BadRequest(format!("the body is not JSON: {e}")))?;
         let version = registry::compile_version(raw).map_err(SchemaError::Invalid)?;
         let version = Arc::new(version);
-        if self.registry.store().is_none() {
+        let connected = self
+            .client
+            .get()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
+        if self.registry.store().is_none() || !connected {
             return Err(SchemaError::Unavailable(
                 "the schema registry (NATS) is not reachable; nothing was registered".into(),
             ));
@@ -485,7 +495,7 @@ impl Schemas {
 
 fn unavailable(e: StoreError) -> SchemaError {
     SchemaError::Unavailable(format!(
-        "the schema registry (NATS) is not reachable: {e}; nothing was registered"
+        "the schema registry (NATS) did not confirm the write: {e}; if it was stored after all, registering the same schema again answers its version"
     ))
 }
 
