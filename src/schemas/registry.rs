@@ -290,7 +290,9 @@ impl Registry {
                 tokio::time::sleep(delay).await;
                 continue;
             };
-            match store.watch_all().await {
+            // From the first revision: `watch_all` delivers only new
+            // values; this replays what is stored (one value per key).
+            match store.watch_all_from_revision(1).await {
                 Ok(mut watch) => {
                     delay = Duration::from_millis(100);
                     // An empty bucket delivers nothing: current at once.
