@@ -50,13 +50,15 @@ fn changes(old: &Value, new: &Value, mode: Mode, oc: OpenContent) -> Vec<&'stati
 }
 
 /// (what, old, new, backward changes, forward changes) under lenient.
-fn table() -> Vec<(
+type Case = (
     &'static str,
     Value,
     Value,
     Vec<&'static str>,
     Vec<&'static str>,
-)> {
+);
+
+fn table() -> Vec<Case> {
     vec![
         (
             "annotations only",
