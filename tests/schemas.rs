@@ -694,3 +694,67 @@ fn check_reports_missing_and_invalid_schema_files() {
     assert!(stderr.contains("schemas.register[0].file"), "{stderr}");
     assert!(stderr.contains("schemas.register[1].file"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_cli_refuses_a_breaking_change_for_ci() {
+    let nats = Nats::start();
+    let s = Sidecar::start(&config_yaml(&nats, "")).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = write(&dir, "v1.json", &order_v1());
+    let v2 = write(&dir, "v2.json", &order_v2());
+    let mut breaking = order_v1();
+    breaking["properties"]["id"] = json!({"type": "integer"});
+    let broken = write(&dir, "broken.json", &breaking);
+    let api = s.url("");
+    let cli = move |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_jetway"))
+                .args(&args)
+                .output()
+                .expect("run jetway schema")
+        })
+    };
+    let args = |action: &str, file: &str| -> Vec<String> {
+        [
+            "schema",
+            action,
+            "--type",
+            "order.created",
+            file,
+            "--api",
+            &api,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let out = cli(args("register", &v1)).await.expect("join");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = cli(args("check", &broken)).await.expect("join");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("#/properties/id/type type_changed"),
+        "{stdout}"
+    );
+    let out = cli(args("check", &v2)).await.expect("join");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would be version 2"));
+    // The check stored nothing.
+    assert_eq!(
+        get(&s, "/v1/schemas/order.created/versions").await.body,
+        json!({"versions": [1]})
+    );
+    s.stop().await;
+    let out = cli(args("check", &v2)).await.expect("join");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a sidecar that is gone is no verdict"
+    );
+}
