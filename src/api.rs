@@ -27,6 +27,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::publish::{self, Publisher};
 use crate::reads::{self, Reads};
+use crate::schemas::{self, Schemas};
 use crate::subject::SubjectError;
 
 /// What the `/v1` handlers share.
@@ -38,6 +39,7 @@ pub struct ApiState {
     pub durability: Arc<crate::durability::Checker>,
     pub reads: Arc<Reads>,
     pub token: Option<Secret>,
+    pub schemas: Arc<Schemas>,
 }
 
 /// The router's state: axum clones it for every request, so it is one Arc.
@@ -65,6 +67,12 @@ impl FromRef<Shared> for Arc<crate::durability::Checker> {
 impl FromRef<Shared> for Arc<Reads> {
     fn from_ref(Shared(s): &Shared) -> Self {
         s.reads.clone()
+    }
+}
+
+impl FromRef<Shared> for Arc<Schemas> {
+    fn from_ref(Shared(s): &Shared) -> Self {
+        s.schemas.clone()
     }
 }
 
@@ -267,6 +275,23 @@ pub fn router(state: ApiState) -> Api {
         .route("/v1/streams", get(crate::durability::list_streams))
         .route("/v1/subjects/{subject}/messages", get(reads::history))
         .route("/v1/subjects/{subject}/live", get(reads::live))
+        .route("/v1/schemas", get(schemas::routes::list))
+        .route(
+            "/v1/schemas/{type}/versions",
+            get(schemas::routes::versions).post(schemas::routes::register),
+        )
+        .route(
+            "/v1/schemas/{type}/versions/{version}",
+            get(schemas::routes::version),
+        )
+        .route(
+            "/v1/schemas/{type}/config",
+            get(schemas::routes::get_config).put(schemas::routes::put_config),
+        )
+        .route(
+            "/v1/schemas/{type}/validate",
+            post(schemas::routes::validate),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(Shared(Arc::new(state)));

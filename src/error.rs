@@ -57,6 +57,24 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("internal error")]
     Internal,
+    #[error("{message}")]
+    SchemaViolation {
+        message: String,
+        errors: Vec<crate::schemas::ValidationError>,
+    },
+    #[error("{0}")]
+    SchemaUnknownVersion(String),
+    #[error("{0}")]
+    SchemaUnknownType(String),
+    #[error("{message}")]
+    SchemaIncompatible {
+        message: String,
+        violations: Vec<crate::schemas::VersionViolation>,
+    },
+    #[error("{0}")]
+    SchemaInvalid(String),
+    #[error("{0}")]
+    TypeForbidden(String),
 }
 
 impl ApiError {
@@ -84,6 +102,12 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Internal => "internal",
+            ApiError::SchemaViolation { .. } => "schema_violation",
+            ApiError::SchemaUnknownVersion(_) => "schema_unknown_version",
+            ApiError::SchemaUnknownType(_) => "schema_unknown_type",
+            ApiError::SchemaIncompatible { .. } => "schema_incompatible",
+            ApiError::SchemaInvalid(_) => "schema_invalid",
+            ApiError::TypeForbidden(_) => "forbidden",
         }
     }
 
@@ -109,6 +133,12 @@ impl ApiError {
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::SchemaUnknownVersion(_) => StatusCode::BAD_REQUEST,
+            ApiError::SchemaViolation { .. }
+            | ApiError::SchemaUnknownType(_)
+            | ApiError::SchemaInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::SchemaIncompatible { .. } => StatusCode::CONFLICT,
+            ApiError::TypeForbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -121,9 +151,16 @@ impl ApiError {
             | ApiError::BatchInvalid(_)
             | ApiError::BadRequest(_)
             | ApiError::NotFound(_)
-            | ApiError::MethodNotAllowed => "invalid",
+            | ApiError::MethodNotAllowed
+            | ApiError::SchemaViolation { .. }
+            | ApiError::SchemaUnknownVersion(_)
+            | ApiError::SchemaUnknownType(_)
+            | ApiError::SchemaIncompatible { .. }
+            | ApiError::SchemaInvalid(_) => "invalid",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden(_) | ApiError::SubjectReserved(_) => "forbidden",
+            ApiError::Forbidden(_) | ApiError::SubjectReserved(_) | ApiError::TypeForbidden(_) => {
+                "forbidden"
+            }
             ApiError::NoStream(_) => "no_stream",
             ApiError::Conflict { .. } => "conflict",
             ApiError::PayloadTooLarge(_) => "too_large",
@@ -148,6 +185,13 @@ impl ApiError {
         } = self
         {
             error["last_sequence"] = json!(seq);
+        }
+        match self {
+            ApiError::SchemaViolation { errors, .. } => error["errors"] = json!(errors),
+            ApiError::SchemaIncompatible { violations, .. } => {
+                error["violations"] = json!(violations)
+            }
+            _ => {}
         }
         json!({ "error": error })
     }

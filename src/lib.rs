@@ -24,6 +24,7 @@ pub mod nats;
 pub mod permissions;
 pub mod publish;
 pub mod reads;
+pub mod schemas;
 pub mod server;
 pub mod shutdown;
 pub mod subject;
@@ -62,6 +63,9 @@ impl Listeners {
 pub enum RunError {
     #[error(transparent)]
     Connect(#[from] nats::ConnectError),
+    /// `schemas.register` could not be registered (exit 64).
+    #[error("schemas.register refused:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Schemas(Vec<String>),
 }
 
 /// Runs the sidecar until `shutdown` completes, then drains (SPEC section 8)
@@ -96,14 +100,27 @@ pub async fn run_with_limits(
     )
     .await?;
     let js = nats::jetstream(client.clone(), &config);
-    let publisher = Arc::new(publish::Publisher::new(
-        js.clone(),
-        client.clone(),
-        &config,
+    let schemas = Arc::new(schemas::Schemas::new(
+        config.schemas.clone().unwrap_or_default(),
         metrics.clone(),
-        health.clone(),
-        tracer.clone(),
+        config.nats.request_timeout,
     ));
+    let schemas_task = tokio::spawn(schemas.clone().run(js.clone()));
+    if let Err(problems) = schemas.register_from_config().await {
+        schemas_task.abort();
+        return Err(RunError::Schemas(problems));
+    }
+    let publisher = Arc::new(
+        publish::Publisher::new(
+            js.clone(),
+            client.clone(),
+            &config,
+            metrics.clone(),
+            health.clone(),
+            tracer.clone(),
+        )
+        .with_schemas(schemas.clone()),
+    );
     let delivery =
         delivery::Delivery::new(&config, js.clone(), metrics.clone(), health.clone(), tracer);
 
@@ -146,6 +163,7 @@ pub async fn run_with_limits(
             durability,
             reads,
             token: config.api.token.clone(),
+            schemas: schemas.clone(),
         }),
         limits,
         stop_http.clone(),
@@ -174,6 +192,7 @@ pub async fn run_with_limits(
     // Live reads end now (readers reconnect with Last-Event-ID elsewhere).
     stop_reads.cancel();
     provisioning.abort();
+    schemas_task.abort();
     // Publishes already handed to NATS end within request_timeout; the
     // bound also covers a client stalling mid-body.
     let drain_publishes = async {

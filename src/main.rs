@@ -81,6 +81,52 @@ enum Command {
         from: Option<u64>,
         subject: String,
     },
+    /// Check or register an event schema through a running sidecar (for CI).
+    Schema {
+        #[command(subcommand)]
+        action: SchemaAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemaAction {
+    /// Dry run: print every violation; exit 1 when incompatible.
+    Check(SchemaArgs),
+    /// Register FILE as the next version of the type; exit 1 when refused.
+    Register(SchemaArgs),
+}
+
+#[derive(clap::Args)]
+struct SchemaArgs {
+    /// The event type, e.g. order.created.
+    #[arg(long = "type")]
+    event_type: String,
+    /// The JSON Schema file.
+    file: PathBuf,
+    /// The sidecar's API.
+    #[arg(long, default_value = "http://127.0.0.1:4480")]
+    api: String,
+    /// The sidecar's api.token, if it has one.
+    #[arg(long, env = "JETWAY_API_TOKEN")]
+    token: Option<String>,
+}
+
+fn schema(args: SchemaArgs, dry_run: bool) -> Result<(), ExitCode> {
+    let outcome = runtime()?.block_on(jetway::schemas::cli::run(
+        &args.api,
+        args.token.as_deref(),
+        &args.event_type,
+        &args.file,
+        dry_run,
+    ));
+    match outcome {
+        jetway::schemas::cli::Outcome::Ok => Ok(()),
+        jetway::schemas::cli::Outcome::Refused => Err(ExitCode::from(1)),
+        jetway::schemas::cli::Outcome::Failed(e) => {
+            eprintln!("jetway schema: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -112,7 +158,13 @@ fn run(path: PathBuf) -> Result<(), ExitCode> {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "jetway failed");
-                ExitCode::FAILURE
+                match e {
+                    jetway::RunError::Schemas(_) => {
+                        eprintln!("jetway: {e}");
+                        ExitCode::from(EXIT_INVALID as u8)
+                    }
+                    _ => ExitCode::FAILURE,
+                }
             })
     })
 }
@@ -190,6 +242,10 @@ fn main() -> ExitCode {
                 })
             })
         }
+        (Some(Command::Schema { action }), _) => match action {
+            SchemaAction::Check(args) => schema(args, true),
+            SchemaAction::Register(args) => schema(args, false),
+        },
         (None, None) => {
             eprintln!("jetway: give a command (run, check, dev, inject, tail) or --config FILE; see jetway --help");
             Err(ExitCode::from(EXIT_INVALID as u8))

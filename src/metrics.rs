@@ -33,6 +33,8 @@ pub struct Metrics {
     pub live_reads: IntGauge,
     pub trace_spans_exported_total: IntCounter,
     pub trace_spans_dropped_total: IntCounterVec,
+    pub schema_validations_total: IntCounterVec,
+    pub schema_registry_versions: IntGauge,
 }
 
 impl Metrics {
@@ -170,6 +172,19 @@ impl Metrics {
                 &["reason"],
             )
             .expect("static metric definition"),
+            schema_validations_total: IntCounterVec::new(
+                Opts::new(
+                    "jetway_schema_validations_total",
+                    "Typed publishes checked against their schema, by outcome",
+                ),
+                &["type", "outcome"],
+            )
+            .expect("static metric definition"),
+            schema_registry_versions: IntGauge::new(
+                "jetway_schema_registry_versions",
+                "Schema versions known to this sidecar, all types",
+            )
+            .expect("static metric definition"),
             registry,
         };
         for reason in ["queue_full", "export_failed"] {
@@ -194,6 +209,8 @@ impl Metrics {
             Box::new(m.live_reads.clone()),
             Box::new(m.trace_spans_exported_total.clone()),
             Box::new(m.trace_spans_dropped_total.clone()),
+            Box::new(m.schema_validations_total.clone()),
+            Box::new(m.schema_registry_versions.clone()),
         ];
         for c in collectors {
             m.registry

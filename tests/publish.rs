@@ -907,7 +907,9 @@ async fn openapi_document_and_router_agree() {
                 .replace("{name}", "s1")
                 .replace("{dlq_sequence}", "1")
                 .replace("{stream}", "ORDERS")
-                .replace("{seq}", "1"),
+                .replace("{seq}", "1")
+                .replace("{type}", "order.created")
+                .replace("{version}", "1"),
         );
         assert!(
             !url.contains('{'),

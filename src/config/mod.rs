@@ -67,6 +67,9 @@ pub struct Config {
     pub subscriptions: Vec<SubscriptionConfig>,
     /// `tracing:` (SPEC section 10).
     pub tracing: TracingConfig,
+    /// `schemas:` (SPEC section 9); its rules live with the registry in
+    /// `crate::schemas::config`.
+    pub schemas: Option<crate::schemas::SchemasConfig>,
 }
 
 /// One thing wrong with the configuration.
@@ -147,7 +150,7 @@ impl Config {
 }
 
 /// The top-level keys, which `JETWAY_<KEY>...` overrides start with.
-const TOP_LEVEL: [&str; 12] = [
+const TOP_LEVEL: [&str; 13] = [
     "app_id",
     "shutdown_grace",
     "log",
@@ -160,6 +163,7 @@ const TOP_LEVEL: [&str; 12] = [
     "app",
     "subscriptions",
     "tracing",
+    "schemas",
 ];
 
 /// Reads every section in file order, so problems come out in that order.
@@ -189,6 +193,7 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
     let app = app::parse(&top, p);
     let subscriptions = subscriptions::parse(&top, p);
     let tracing = tracing::parse(&top, p);
+    let schemas = crate::schemas::config::parse_section(top.raw("schemas"), p);
 
     Some(Config {
         app_id: app_id?,
@@ -203,6 +208,7 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
         app,
         subscriptions,
         tracing,
+        schemas,
     })
 }
 

@@ -84,6 +84,8 @@ pub struct Publisher {
     metrics: Metrics,
     health: Arc<Health>,
     tracer: Tracer,
+    /// Validates typed events (SPEC section 9) before they are sent.
+    schemas: Option<Arc<crate::schemas::Schemas>>,
 }
 
 impl Publisher {
@@ -109,7 +111,14 @@ impl Publisher {
             metrics,
             health,
             tracer,
+            schemas: None,
         }
+    }
+
+    /// Validates typed events against the schema registry.
+    pub fn with_schemas(mut self, schemas: Arc<crate::schemas::Schemas>) -> Publisher {
+        self.schemas = Some(schemas);
+        self
     }
 
     /// The configured stream that captures `subject`: the only streams the
@@ -458,7 +467,12 @@ impl Publisher {
     ) -> Result<Outgoing, ApiError> {
         self.check_subject(&subject)?;
         self.check_size(&payload)?;
-        let mapped = headers::map_headers(headers, &payload, &self.config, Self::generated_id)?;
+        let mut mapped = headers::map_headers(headers, &payload, &self.config, Self::generated_id)?;
+        if let Some(schemas) = &self.schemas {
+            if let Some(checked) = schemas.check_request(headers, &payload)? {
+                checked.stamp(&mut mapped.headers);
+            }
+        }
         Ok(Outgoing {
             subject,
             has_id: mapped.msg_id.is_some(),
