@@ -244,6 +244,26 @@ impl Run {
         }
     }
 
+    /// The index of the stream leader, once settled.
+    async fn leader(&self) -> usize {
+        let name = within(Duration::from_secs(60), "ORDERS settled", || {
+            cluster::settled_leader(&self.js)
+        })
+        .await;
+        self.cluster.index(&name)
+    }
+
+    /// Sends a JetStream API request (a step-down) from the test's client.
+    async fn api_request(&self, subject: String) {
+        let answer = self
+            .admin
+            .request(subject.clone(), "".into())
+            .await
+            .unwrap_or_else(|e| panic!("{subject}: {e}"));
+        let text = String::from_utf8_lossy(&answer.payload);
+        assert!(text.contains("\"success\":true"), "{subject}: {text}");
+    }
+
     fn api(&self) -> String {
         self.jetway.as_ref().expect("jetway runs").url("")
     }
@@ -349,6 +369,23 @@ impl Run {
     /// Stops the load, lets everything settle, checks, prints the line and
     /// asserts.
     async fn finish(self, scenario: &str, load: Load) {
+        let report = self.check(scenario, load).await;
+        assert!(report.passed(), "{scenario}: {report:?}");
+    }
+
+    /// Like `finish`, without asserting: for what a server is known to get
+    /// wrong, written down instead.
+    async fn record(self, scenario: &str, load: Load) {
+        let report = self.check(scenario, load).await;
+        if !report.passed() {
+            eprintln!(
+                "RECORDED, not asserted (nats-server {}): {report:?}",
+                self.version
+            );
+        }
+    }
+
+    async fn check(&self, scenario: &str, load: Load) -> checker::Report {
         let attempts = load.finish().await;
         self.cluster.firewall.heal();
         let stored = self.stored().await;
@@ -358,7 +395,30 @@ impl Run {
         let nodes = self.node_copies(last).await;
         let report = checker::check(&attempts, &stored, &nodes, &delivered);
         println!("{}", report.line(scenario, &self.version));
-        assert!(report.passed(), "{scenario}: {report:?}");
+        if !report.passed() || report.divergence > 0 {
+            let got: std::collections::HashSet<&String> = delivered.iter().collect();
+            let missing: Vec<&(u64, String)> =
+                stored.iter().filter(|(_, k)| !got.contains(k)).collect();
+            let sizes: Vec<Option<usize>> =
+                nodes.iter().map(|n| n.as_ref().map(Vec::len)).collect();
+            let consumer =
+                match self.js.get_stream("ORDERS").await {
+                    Ok(s) => match s.consumer_info(DURABLE).await {
+                        Ok(c) => format!(
+                        "delivered {:?}, ack floor {:?}, pending {}, ack pending {}, leader {:?}",
+                        c.delivered, c.ack_floor, c.num_pending, c.num_ack_pending,
+                        c.cluster.as_ref().and_then(|c| c.leader.clone())
+                    ),
+                        Err(e) => format!("consumer info: {e}"),
+                    },
+                    Err(e) => format!("stream: {e}"),
+                };
+            eprintln!(
+                "{scenario}: stored {} (last {last}), node copies {sizes:?}, missing {missing:?}, consumer {consumer}",
+                stored.len()
+            );
+        }
+        report
     }
 }
 
@@ -376,13 +436,113 @@ fn a_leader_isolated() {
         let load = Load::start(&run.api());
         load.wait_more_ok(40, Duration::from_secs(30), "acks before the cut")
             .await;
-        let leader = cluster::settled_leader(&run.js).await;
-        let i = run.cluster.index(leader.as_deref().unwrap_or("n0"));
+        let i = run.leader().await;
         run.cluster.firewall.isolate(&[i]);
         tokio::time::sleep(profile().fault).await;
         run.cluster.firewall.heal();
         load.wait_more_ok(40, Duration::from_secs(60), "acks after the heal")
             .await;
         run.finish("leader_isolated", load).await;
+    });
+}
+
+/// (b) jetway's own server (a follower) cut off from the cluster, then
+/// healed.
+#[test]
+fn b_jetway_server_isolated() {
+    netns::run("b_jetway_server_isolated", async {
+        let run = Run::start(|c, leader| c.url((leader + 1) % 3)).await;
+        let load = Load::start(&run.api());
+        load.wait_more_ok(40, Duration::from_secs(30), "acks before the cut")
+            .await;
+        let leader = run.leader().await;
+        let own = (leader + 1) % 3;
+        run.cluster.firewall.isolate(&[own]);
+        tokio::time::sleep(profile().fault).await;
+        run.cluster.firewall.heal();
+        load.wait_more_ok(40, Duration::from_secs(60), "acks after the heal")
+            .await;
+        run.finish("jetway_server_isolated", load).await;
+    });
+}
+
+/// (c) Consumer and stream leader step-downs during deliveries: after
+/// each, deliveries go on (no stall), and nothing is skipped.
+#[test]
+fn c_leader_stepdowns() {
+    netns::run("c_leader_stepdowns", async {
+        let run = Run::start(|c, _| (0..3).map(|i| c.url(i)).collect::<Vec<_>>().join(",")).await;
+        let load = Load::start(&run.api());
+        load.wait_more_ok(40, Duration::from_secs(30), "acks before the step-downs")
+            .await;
+        for n in 0..profile().stepdowns * 2 {
+            let subject = if n % 2 == 0 {
+                format!("$JS.API.CONSUMER.LEADER.STEPDOWN.ORDERS.{DURABLE}")
+            } else {
+                run.leader().await;
+                "$JS.API.STREAM.LEADER.STEPDOWN.ORDERS".to_string()
+            };
+            let before = run.endpoint.count();
+            run.api_request(subject.clone()).await;
+            within(
+                Duration::from_secs(30),
+                &format!("deliveries after {subject}"),
+                || async { (run.endpoint.count() >= before + 20).then_some(()) },
+            )
+            .await;
+        }
+        run.finish("leader_stepdowns", load).await;
+    });
+}
+
+/// (d) A flapping partition: each node in turn cut off, then healed,
+/// every few seconds.
+#[test]
+fn d_flapping_partition() {
+    netns::run("d_flapping_partition", async {
+        let run = Run::start(|c, leader| c.url(leader)).await;
+        let load = Load::start(&run.api());
+        load.wait_more_ok(40, Duration::from_secs(30), "acks before the flapping")
+            .await;
+        let end = tokio::time::Instant::now() + profile().flapping;
+        let mut n = 0;
+        while tokio::time::Instant::now() < end {
+            run.cluster.firewall.isolate(&[n % 3]);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            run.cluster.firewall.heal();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            n += 1;
+        }
+        load.wait_more_ok(40, Duration::from_secs(60), "acks after the flapping")
+            .await;
+        run.finish("flapping_partition", load).await;
+    });
+}
+
+/// (e) All three nodes killed with SIGKILL at once and restarted on their
+/// stores: the stream survives, nothing acknowledged is lost. Servers
+/// before 2.10.23 can forget a whole stream (nats-server#6888): there the
+/// line is recorded, and the run asserts only on later servers.
+#[test]
+fn e_all_nodes_killed() {
+    netns::run("e_all_nodes_killed", async {
+        let mut run =
+            Run::start(|c, _| (0..3).map(|i| c.url(i)).collect::<Vec<_>>().join(",")).await;
+        let load = Load::start(&run.api());
+        load.wait_more_ok(40, Duration::from_secs(30), "acks before the kill")
+            .await;
+        for i in 0..3 {
+            run.cluster.kill(i);
+        }
+        for i in 0..3 {
+            run.cluster.spawn(i);
+        }
+        load.wait_more_ok(40, Duration::from_secs(90), "acks after the restart")
+            .await;
+        if cluster::version_at_least(&run.version, (2, 10, 23)) {
+            run.finish("all_nodes_killed", load).await;
+        } else {
+            run.record("all_nodes_killed", load).await;
+        }
     });
 }
