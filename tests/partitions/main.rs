@@ -117,7 +117,18 @@ impl Load {
                             .send()
                             .await;
                         let outcome = match answer {
-                            Ok(r) => Outcome::of_status(r.status().as_u16()),
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                if status == 503
+                                    && std::env::var_os("PARTITIONS_SHOW_503").is_some()
+                                {
+                                    eprintln!(
+                                        "503 for {key}: {}",
+                                        r.text().await.unwrap_or_default()
+                                    );
+                                }
+                                Outcome::of_status(status)
+                            }
                             Err(_) => Outcome::Unknown,
                         };
                         attempts
