@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-nats-server.sh
+# nftables cuts links between cluster nodes in tests/partitions (inside a
+# network namespace the test makes itself).
+if ! command -v nft >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
+fi
 latest=$(scripts/nats-server-latest.sh)
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

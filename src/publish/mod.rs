@@ -304,14 +304,20 @@ impl Publisher {
                 Ok(ack) => return Ok(ack.into()),
                 Err(e) => e,
             };
-            if matches!(
-                err.kind(),
-                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
-            ) {
+            // "Duplicate message id is in process": an earlier copy is still
+            // being replicated and may yet be stored.
+            let in_process = id_in_process(&err);
+            if in_process
+                || matches!(
+                    err.kind(),
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                )
+            {
                 maybe_stored = true;
             }
-            // No responders: give an election a moment before resending.
-            let pause = if err.kind() == PublishErrorKind::StreamNotFound {
+            // No responders: give an election a moment before resending;
+            // an id in process: give its first copy a moment to commit.
+            let pause = if err.kind() == PublishErrorKind::StreamNotFound || in_process {
                 NO_RESPONDERS_PAUSE
             } else {
                 Duration::ZERO
@@ -319,14 +325,19 @@ impl Publisher {
             // A resend needs time left for its answer; one cut short by the
             // deadline would turn a definite answer (404) into an unknown (504).
             let retryable = msg.has_id
-                && matches!(
-                    err.kind(),
-                    PublishErrorKind::TimedOut
-                        | PublishErrorKind::BrokenPipe
-                        | PublishErrorKind::StreamNotFound
-                )
+                && (in_process
+                    || matches!(
+                        err.kind(),
+                        PublishErrorKind::TimedOut
+                            | PublishErrorKind::BrokenPipe
+                            | PublishErrorKind::StreamNotFound
+                    ))
                 && Instant::now() + pause + MIN_RESEND_WAIT < deadline;
             if !retryable {
+                if in_process {
+                    // Never 503: the first copy may be stored after all.
+                    return Err(ApiError::Timeout(self.request_timeout));
+                }
                 return Err(self.classify(msg, err, maybe_stored).await);
             }
             tracing::debug!(subject = %msg.subject, error = %err, "no PubAck yet; resending with the same id");
@@ -570,6 +581,17 @@ impl Publisher {
             .await;
         Ok(results)
     }
+}
+
+/// JetStream's "duplicate message id is in process" (10158, 2.10+): a resend
+/// met its earlier copy still being replicated. That copy may be stored, so
+/// the outcome is unknown, never "not stored" (found by tests/partitions).
+const ID_IN_PROCESS: u64 = 10158;
+
+fn id_in_process(err: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == jetstream::ErrorCode(ID_IN_PROCESS))
 }
 
 /// How much of a refused body is still read and thrown away, and for how
