@@ -119,23 +119,27 @@ impl Setup {
         assert_eq!(r.status(), 200, "publish to {subject}");
     }
 
-    /// Publishes `n` events to `audit` and waits until all are dead letters.
+    /// Publishes `n` events to `audit`, each once the one before is a dead
+    /// letter (deliveries run concurrently, so only this keeps the DLQ in
+    /// publish order), and returns their DLQ sequences in that order.
     async fn dead_letters(&self, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
         for i in 0..n {
             self.publish("orders.audited", &format!("audit event {i}"))
                 .await;
-        }
-        eventually(&format!("{n} dead letters"), || async {
-            let out = self.cli(&["dlq", "list", "audit", "--json"]).await;
-            let items = out.json()["items"].as_array().cloned().unwrap_or_default();
-            (items.len() == n).then(|| {
-                items
-                    .iter()
-                    .filter_map(|i| i["dlq_sequence"].as_u64())
-                    .collect()
+            seqs = eventually(&format!("{} dead letters", i + 1), || async {
+                let out = self.cli(&["dlq", "list", "audit", "--json"]).await;
+                let items = out.json()["items"].as_array().cloned().unwrap_or_default();
+                (items.len() == i + 1).then(|| {
+                    items
+                        .iter()
+                        .filter_map(|i| i["dlq_sequence"].as_u64())
+                        .collect()
+                })
             })
-        })
-        .await
+            .await;
+        }
+        seqs
     }
 }
 
