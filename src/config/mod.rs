@@ -25,6 +25,7 @@ mod log;
 mod metrics;
 mod nats;
 mod publish;
+mod schemas;
 mod streams;
 mod subscriptions;
 mod tracing;
@@ -193,7 +194,7 @@ fn parse(root: &Value, p: &mut Vec<Problem>) -> Option<Config> {
     let app = app::parse(&top, p);
     let subscriptions = subscriptions::parse(&top, p);
     let tracing = tracing::parse(&top, p);
-    let schemas = crate::schemas::config::parse_section(top.raw("schemas"), p);
+    let schemas = schemas::parse(top.raw("schemas"), p);
 
     Some(Config {
         app_id: app_id?,

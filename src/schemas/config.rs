@@ -190,33 +190,6 @@ impl SchemasConfig {
     }
 }
 
-/// The `schemas:` section of the config file, with its problems added to
-/// the config's (the hook `config.rs` calls).
-pub fn parse_section(
-    raw: Option<&serde_norway::Value>,
-    problems: &mut Vec<crate::config::Problem>,
-) -> Option<SchemasConfig> {
-    let raw = raw?;
-    match serde_norway::from_value::<SchemasConfig>(raw.clone()) {
-        Ok(config) => {
-            problems.extend(
-                config
-                    .problems("schemas")
-                    .into_iter()
-                    .map(|(path, message)| crate::config::Problem { path, message }),
-            );
-            Some(config)
-        }
-        Err(e) => {
-            problems.push(crate::config::Problem {
-                path: "schemas".into(),
-                message: e.to_string(),
-            });
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
