@@ -11,7 +11,9 @@
 #![forbid(unsafe_code)]
 
 mod chart;
+mod idle;
 mod load;
+mod memory;
 mod procs;
 mod report;
 mod roles;
@@ -206,7 +208,7 @@ fn publish_request(host: &str, subject: &str, payload: Bytes) -> MakeRequest {
     })
 }
 
-fn batch_request(host: &str, subject: &str, payload: &[u8], items: usize) -> MakeRequest {
+pub fn batch_request(host: &str, subject: &str, payload: &[u8], items: usize) -> MakeRequest {
     let data = base64::engine::general_purpose::STANDARD.encode(payload);
     let line = format!("{{\"subject\":\"{subject}\",\"data_base64\":\"{data}\"}}\n");
     let body = Bytes::from(line.repeat(items));
@@ -289,6 +291,19 @@ impl Bench {
 }
 
 async fn bench(plan: Plan) -> Res<()> {
+    // The idle series starts its own servers and sidecars (minutes of
+    // waiting, little CPU): only when asked for, and then alone.
+    let alone = |phase: &str| {
+        std::env::var("JETWAY_BENCH_ONLY").is_ok_and(|o| o.split(',').any(|p| p.trim() == phase))
+    };
+    if alone("idle") {
+        return idle::run(plan.quick).await;
+    }
+    // Likewise the burst of the memory phase, one fresh sidecar per
+    // allocator setup.
+    if alone("memory") {
+        return memory::run(plan.quick).await;
+    }
     let started = Instant::now();
     let load_before = procs::loadavg();
     eprintln!(

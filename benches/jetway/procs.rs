@@ -38,6 +38,8 @@ pub async fn wait_port(port: u16, what: &str, deadline: Duration) -> Res<()> {
 pub struct Nats {
     pub child: Child,
     pub port: u16,
+    /// Its monitoring endpoint (`-m`): `/varz`, `/connz`.
+    pub monitor: u16,
     pub bin: PathBuf,
     pub version: String,
     _store: tempfile::TempDir,
@@ -62,8 +64,10 @@ impl Nats {
             .tempdir()
             .ctx("creating the nats store folder")?;
         let port = free_port()?;
+        let monitor = free_port()?;
         let child = Command::new(&bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string(), "-sd"])
             .arg(store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -71,9 +75,11 @@ impl Nats {
             .spawn()
             .ctx("spawning nats-server")?;
         wait_port(port, "nats-server", Duration::from_secs(20)).await?;
+        wait_port(monitor, "nats-server monitoring", Duration::from_secs(20)).await?;
         Ok(Nats {
             child,
             port,
+            monitor,
             bin,
             version,
             _store: store,
@@ -104,6 +110,13 @@ impl Jetway {
     /// Writes the config, starts `jetway run --config` and waits for
     /// `/readyz` 200, timing it from the spawn.
     pub async fn start(yaml: &str) -> Res<Jetway> {
+        Jetway::start_bin(env!("CARGO_BIN_EXE_jetway"), yaml, &[]).await
+    }
+
+    /// The same with another jetway binary (e.g. a build of an earlier
+    /// commit, or with another allocator, to compare in one run) and more
+    /// environment (e.g. allocator settings).
+    pub async fn start_bin(bin: &str, yaml: &str, env: &[(String, String)]) -> Res<Jetway> {
         let dir = tempfile::Builder::new()
             .prefix("jetway-bench-")
             .tempdir()
@@ -118,7 +131,6 @@ impl Jetway {
         .ctx("writing the jetway config")?;
         let log = dir.path().join("jetway.log");
         let log_file = std::fs::File::create(&log).ctx("creating the jetway log")?;
-        let bin = env!("CARGO_BIN_EXE_jetway");
         // JETWAY_BENCH_WRAP="valgrind --tool=callgrind ..." runs jetway under
         // a profiler (figures then say nothing; the profile does).
         let wrap: Vec<String> = std::env::var("JETWAY_BENCH_WRAP")
@@ -145,6 +157,7 @@ impl Jetway {
                 command.env_remove(key);
             }
         }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let child = command
             .args(["run", "--config"])
             .arg(&path)

@@ -227,7 +227,7 @@ pub struct Results {
     pub validity: Vec<Target>,
 }
 
-fn git_describe() -> String {
+pub fn git_describe() -> String {
     std::process::Command::new("git")
         .args([
             "-C",
@@ -243,7 +243,7 @@ fn git_describe() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -666,6 +666,32 @@ pub fn write(r: &Results, quick: bool) -> Res<()> {
 const BEGIN: &str =
     "<!-- bench:begin (written by cargo bench --bench jetway; edit outside these markers) -->";
 const END: &str = "<!-- bench:end -->";
+
+/// Replaces the text between `begin` and `end` in BENCHMARKS.md (appends
+/// the section when the markers are missing), keeping the rest.
+pub fn replace_section(begin: &str, end: &str, body: &str) -> Res<()> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = format!(
+        "{begin}
+{}
+{end}",
+        body.trim_end()
+    );
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if e > b => {
+            format!("{}{generated}{}", &old[..b], &old[e + end.len()..])
+        }
+        _ => format!(
+            "{}
+
+{generated}
+",
+            old.trim_end()
+        ),
+    };
+    std::fs::write(&path, new).ctx("writing BENCHMARKS.md")
+}
 
 /// Replaces the generated part of BENCHMARKS.md, keeping the rest.
 fn benchmarks_md(r: &Results, table: &str) -> Res<()> {

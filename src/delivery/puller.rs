@@ -6,6 +6,17 @@
 //! operations per message. Here one request is open at a time, and the next
 //! goes out once at least half of what may be held is free, so a backlog is
 //! taken in batches while a freed slot still finds a message waiting.
+//!
+//! A request that found nothing is followed by an idle one: a single
+//! message, open for `IDLE_WAIT`, with the server's idle heartbeats every
+//! `IDLE_HEARTBEAT`, so an idle subscription costs a request every 30 s
+//! instead of every 2 s, and a request lost in a reconnect or a server that
+//! went silent is still noticed after a missed heartbeat. The first
+//! message ends the idle request; the next one asks for the free holds
+//! again. An idle request asks for one message only, so a subscription that
+//! stops being deliverable while it is open (paused, app down) gets at most
+//! one message it must hand back, and that one never bounces back into the
+//! request it came from.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +27,14 @@ use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// How long the server keeps a pull request open.
+/// How long the server keeps a pull request open while messages come.
 pub const FETCH_WAIT: Duration = Duration::from_secs(2);
+/// How long the server keeps an idle request (one message) open.
+const IDLE_WAIT: Duration = Duration::from_secs(30);
+/// How often the server reports an idle request is still open: at most
+/// half of `IDLE_WAIT`, as the server requires; every heartbeat is a
+/// message, so not more often than that.
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(15);
 /// A request whose end the server never reported (lost in a reconnect)
 /// counts as ended this long after it expired.
 const LOST_AFTER: Duration = Duration::from_secs(5);
@@ -81,7 +98,15 @@ impl Sizes {
 struct Open {
     /// Messages of the request not received yet (their holds are taken).
     left: usize,
+    /// Whether a message came for it.
+    brought: bool,
+    /// When it counts as lost if nothing more comes.
     lost_at: Instant,
+    /// Heartbeats were asked for: each one moves `lost_at` on, up to
+    /// `ends_at`.
+    heartbeats: bool,
+    /// Its expiry and a margin: lost by then whatever came.
+    ends_at: Instant,
 }
 
 pub struct Puller {
@@ -92,6 +117,8 @@ pub struct Puller {
     holds: Arc<Semaphore>,
     sizes: Sizes,
     open: Option<Open>,
+    /// The last request expired with nothing: the next one is idle.
+    idle: bool,
 }
 
 impl Puller {
@@ -111,6 +138,7 @@ impl Puller {
             holds: Arc::new(Semaphore::new(sizes.held)),
             sizes,
             open: None,
+            idle: false,
         })
     }
 
@@ -119,15 +147,21 @@ impl Puller {
         self.open.is_some()
     }
 
-    /// Waits until enough holds are free for a request. Cancel-safe.
+    /// Waits until enough holds are free for a request (one for an idle
+    /// request). Cancel-safe.
     pub async fn free_holds(&self) -> Option<OwnedSemaphorePermit> {
+        let (wanted, most) = if self.idle {
+            (1, 1)
+        } else {
+            (self.sizes.threshold, self.sizes.max_request)
+        };
         let mut permit = self
             .holds
             .clone()
-            .acquire_many_owned(self.sizes.threshold as u32)
+            .acquire_many_owned(wanted as u32)
             .await
             .ok()?;
-        while permit.num_permits() < self.sizes.max_request {
+        while permit.num_permits() < most {
             match self.holds.clone().try_acquire_owned() {
                 Ok(more) => permit.merge(more),
                 Err(_) => break,
@@ -143,18 +177,34 @@ impl Puller {
         free: OwnedSemaphorePermit,
     ) -> Result<(), async_nats::jetstream::consumer::pull::BatchRequestError> {
         let batch = free.num_permits();
+        let (expires, idle_heartbeat) = if self.idle {
+            (IDLE_WAIT, IDLE_HEARTBEAT)
+        } else {
+            (FETCH_WAIT, Duration::ZERO)
+        };
         let config = BatchConfig {
             batch,
-            expires: Some(FETCH_WAIT),
+            expires: Some(expires),
+            idle_heartbeat,
             ..Default::default()
         };
         self.consumer
             .request_batch(config, self.inbox.clone())
             .await?;
         free.forget();
+        let heartbeats = !idle_heartbeat.is_zero();
+        let now = Instant::now();
+        let ends_at = now + expires + LOST_AFTER;
         self.open = Some(Open {
             left: batch,
-            lost_at: Instant::now() + FETCH_WAIT + LOST_AFTER,
+            brought: false,
+            lost_at: if heartbeats {
+                (now + heartbeats_missed()).min(ends_at)
+            } else {
+                ends_at
+            },
+            heartbeats,
+            ends_at,
         });
         Ok(())
     }
@@ -167,7 +217,8 @@ impl Puller {
                     m = self.subscriber.next() => m,
                     _ = tokio::time::sleep_until(lost_at) => {
                         self.end();
-                        return Pulled::Ended(Some("the server never ended the pull request".into()));
+                        self.idle = false;
+                        return Pulled::Ended(Some("the server went silent on the pull request".into()));
                     }
                 },
                 None => self.subscriber.next().await,
@@ -178,8 +229,10 @@ impl Puller {
             };
             match message.status {
                 None | Some(StatusCode::OK) => {
+                    self.idle = false;
                     let hold = match self.open.as_mut() {
                         Some(open) => {
+                            open.brought = true;
                             open.left -= 1;
                             if open.left == 0 {
                                 self.open = None;
@@ -196,13 +249,23 @@ impl Puller {
                     };
                     return Pulled::Message(Box::new(message), hold);
                 }
-                Some(StatusCode::IDLE_HEARTBEAT) => continue,
+                Some(StatusCode::IDLE_HEARTBEAT) => {
+                    if let Some(open) = self.open.as_mut().filter(|o| o.heartbeats) {
+                        open.lost_at = (Instant::now() + heartbeats_missed()).min(open.ends_at);
+                    }
+                    continue;
+                }
                 Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => {
+                    // Expired: idle from now on if it brought nothing.
+                    if let Some(open) = self.open.as_ref() {
+                        self.idle = !open.brought;
+                    }
                     self.end();
                     return Pulled::Ended(None);
                 }
                 Some(status) => {
                     self.end();
+                    self.idle = false;
                     let why = message.description.unwrap_or_default();
                     return Pulled::Ended(Some(format!(
                         "pull ended by the server: {status} {why}"
@@ -212,12 +275,28 @@ impl Puller {
         }
     }
 
+    /// How long to wait at shutdown for what the open request still
+    /// brings: an active one ends within `FETCH_WAIT`; an idle one lives
+    /// on, so only what is already on its way is waited for.
+    pub fn drain_wait(&self) -> Duration {
+        match &self.open {
+            Some(open) if open.heartbeats => Duration::from_millis(250),
+            _ => FETCH_WAIT,
+        }
+    }
+
     /// Gives back the holds of what the open request will not bring.
     fn end(&mut self) {
         if let Some(open) = self.open.take() {
             self.holds.add_permits(open.left);
         }
     }
+}
+
+/// Silence after which a request with heartbeats counts as lost: one
+/// heartbeat missed by half its interval.
+fn heartbeats_missed() -> Duration {
+    IDLE_HEARTBEAT + IDLE_HEARTBEAT / 2
 }
 
 #[cfg(test)]
@@ -242,6 +321,10 @@ mod tests {
                 threshold: 64
             }
         );
+        // An idle request is told lost well before it would expire, and its
+        // heartbeats are valid for the server (at most half the expiry).
+        assert!(heartbeats_missed() < IDLE_WAIT);
+        assert!(IDLE_HEARTBEAT * 2 <= IDLE_WAIT);
         // A zero concurrency cannot stall the worker.
         assert!(Sizes::new(0, false, 0).threshold >= 1);
         // Ordered: never more than one request in flight at the server.

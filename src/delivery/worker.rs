@@ -111,7 +111,7 @@ impl Delivery {
             }
         }
         // Messages of an open request still arriving go straight back.
-        let _ = tokio::time::timeout(puller::FETCH_WAIT, async {
+        let _ = tokio::time::timeout(puller.drain_wait(), async {
             while puller.is_open() {
                 match puller.next().await {
                     puller::Pulled::Message(msg, _hold) => nak(&msg, None).await,
