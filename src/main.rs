@@ -107,7 +107,7 @@ struct SchemaArgs {
     #[arg(long, default_value = "http://127.0.0.1:4480")]
     api: String,
     /// The sidecar's api.token, if it has one.
-    #[arg(long, env = "JETWAY_API_TOKEN")]
+    #[arg(long, env = "JETWAY_CLI_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
