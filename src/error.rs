@@ -1,5 +1,7 @@
 //! The one place where errors of the `/v1` API become HTTP answers with the
 //! stable `code` of SPEC section 3, and publish outcomes become metric labels.
+//! The errors of the parts below it (subjects, schemas) convert into
+//! [`ApiError`] here, so those parts never depend on HTTP answers.
 
 use std::time::Duration;
 
@@ -7,6 +9,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::schemas::{SchemaError, ValidationError, VersionViolation};
 use crate::subject::SubjectError;
 
 /// Everything the API can answer other than success.
@@ -60,7 +63,7 @@ pub enum ApiError {
     #[error("{message}")]
     SchemaViolation {
         message: String,
-        errors: Vec<crate::schemas::ValidationError>,
+        errors: Vec<ValidationError>,
     },
     #[error("{0}")]
     SchemaUnknownVersion(String),
@@ -69,7 +72,7 @@ pub enum ApiError {
     #[error("{message}")]
     SchemaIncompatible {
         message: String,
-        violations: Vec<crate::schemas::VersionViolation>,
+        violations: Vec<VersionViolation>,
     },
     #[error("{0}")]
     SchemaInvalid(String),
@@ -210,6 +213,34 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl From<SchemaError> for ApiError {
+    fn from(e: SchemaError) -> Self {
+        let message = e.to_string();
+        match e {
+            SchemaError::Violation { errors, .. } => ApiError::SchemaViolation { message, errors },
+            SchemaError::UnknownVersion(m) => ApiError::SchemaUnknownVersion(m),
+            SchemaError::UnknownType(m) => ApiError::SchemaUnknownType(m),
+            SchemaError::Incompatible { violations, .. } => ApiError::SchemaIncompatible {
+                message,
+                violations,
+            },
+            SchemaError::Invalid(_) => ApiError::SchemaInvalid(message),
+            SchemaError::Forbidden(m) => ApiError::TypeForbidden(m),
+            SchemaError::BadRequest(m) => ApiError::BadRequest(m),
+            SchemaError::Header(m) => ApiError::HeaderInvalid(m),
+            SchemaError::NotFound(m) => ApiError::NotFound(m),
+            SchemaError::Unavailable(m) => ApiError::NatsUnavailable(m),
+        }
+    }
+}
+
+/// The schema routes answer with their own refusals.
+impl IntoResponse for SchemaError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }
 

@@ -1,5 +1,7 @@
 //! The `/v1/schemas` routes (SPEC section 9). Reads and validation answer
-//! from memory; registration and settings write to the bucket.
+//! from memory; registration and settings write to the bucket. Refusals are
+//! [`SchemaError`]s; `crate::error` turns them into answers like every other
+//! error of the API.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,34 +15,12 @@ use serde_json::{json, Value};
 
 use super::registry::Lookup;
 use super::{check_type_name, Mode, SchemaError, Schemas, SCHEMA_VERSION_HEADER};
-use crate::error::ApiError;
 
-impl From<SchemaError> for ApiError {
-    fn from(e: SchemaError) -> Self {
-        let message = e.to_string();
-        match e {
-            SchemaError::Violation { errors, .. } => ApiError::SchemaViolation { message, errors },
-            SchemaError::UnknownVersion(m) => ApiError::SchemaUnknownVersion(m),
-            SchemaError::UnknownType(m) => ApiError::SchemaUnknownType(m),
-            SchemaError::Incompatible { violations, .. } => ApiError::SchemaIncompatible {
-                message,
-                violations,
-            },
-            SchemaError::Invalid(_) => ApiError::SchemaInvalid(message),
-            SchemaError::Forbidden(m) => ApiError::TypeForbidden(m),
-            SchemaError::BadRequest(m) => ApiError::BadRequest(m),
-            SchemaError::Header(m) => ApiError::HeaderInvalid(m),
-            SchemaError::NotFound(m) => ApiError::NotFound(m),
-            SchemaError::Unavailable(m) => ApiError::NatsUnavailable(m),
-        }
-    }
-}
-
-fn known(schemas: &Schemas, event_type: &str) -> Result<super::registry::TypeState, ApiError> {
+fn known(schemas: &Schemas, event_type: &str) -> Result<super::registry::TypeState, SchemaError> {
     check_type_name(event_type)?;
     match schemas.registry().get(event_type) {
         Some(t) if !t.versions.is_empty() => Ok(t),
-        _ => Err(ApiError::NotFound(format!(
+        _ => Err(SchemaError::NotFound(format!(
             "type `{event_type}` has no schema"
         ))),
     }
@@ -65,11 +45,11 @@ pub async fn list(State(schemas): State<Arc<Schemas>>) -> Json<Value> {
     Json(json!({ "types": types }))
 }
 
-fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, SchemaError> {
     match query.get(name).map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") | Some("") => Ok(true),
-        Some(other) => Err(ApiError::BadRequest(format!(
+        Some(other) => Err(SchemaError::BadRequest(format!(
             "{name} must be true or false, got `{other}`"
         ))),
     }
@@ -81,7 +61,7 @@ pub async fn register(
     Path(event_type): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, SchemaError> {
     let dry_run = flag(&query, "dry_run")?;
     let registered = schemas.register(&event_type, &body, dry_run).await?;
     let status = if registered.created {
@@ -100,27 +80,27 @@ pub async fn register(
 pub async fn versions(
     State(schemas): State<Arc<Schemas>>,
     Path(event_type): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, SchemaError> {
     let t = known(&schemas, &event_type)?;
     Ok(Json(
         json!({ "versions": t.versions.keys().collect::<Vec<_>>() }),
     ))
 }
 
-fn version_param(v: &str) -> Result<Option<u32>, ApiError> {
+fn version_param(v: &str) -> Result<Option<u32>, SchemaError> {
     if v == "latest" {
         return Ok(None);
     }
-    v.parse::<u32>()
-        .map(Some)
-        .map_err(|_| ApiError::BadRequest(format!("version must be a number or latest, got `{v}`")))
+    v.parse::<u32>().map(Some).map_err(|_| {
+        SchemaError::BadRequest(format!("version must be a number or latest, got `{v}`"))
+    })
 }
 
 /// `GET /v1/schemas/{type}/versions/{N|latest}`.
 pub async fn version(
     State(schemas): State<Arc<Schemas>>,
     Path((event_type, v)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, SchemaError> {
     check_type_name(&event_type)?;
     let n = version_param(&v)?;
     match schemas.registry().version(&event_type, n) {
@@ -134,10 +114,10 @@ pub async fn version(
             headers.insert(SCHEMA_VERSION_HEADER, HeaderValue::from(n));
             Ok(response)
         }
-        Lookup::UnknownType => Err(ApiError::NotFound(format!(
+        Lookup::UnknownType => Err(SchemaError::NotFound(format!(
             "type `{event_type}` has no schema"
         ))),
-        Lookup::UnknownVersion => Err(ApiError::NotFound(format!(
+        Lookup::UnknownVersion => Err(SchemaError::NotFound(format!(
             "type `{event_type}` has no version {v}"
         ))),
     }
@@ -147,13 +127,13 @@ pub async fn version(
 pub async fn get_config(
     State(schemas): State<Arc<Schemas>>,
     Path(event_type): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, SchemaError> {
     check_type_name(&event_type)?;
     match schemas.registry().get(&event_type) {
         Some(t) => Ok(Json(json!({
             "compatibility": t.compatibility.unwrap_or(schemas.config().compatibility).as_str()
         }))),
-        None => Err(ApiError::NotFound(format!(
+        None => Err(SchemaError::NotFound(format!(
             "type `{event_type}` has no schema"
         ))),
     }
@@ -165,17 +145,17 @@ pub async fn put_config(
     State(schemas): State<Arc<Schemas>>,
     Path(event_type): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, SchemaError> {
     let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+        .map_err(|e| SchemaError::BadRequest(format!("the body is not JSON: {e}")))?;
     let mode = value
         .get("compatibility")
         .and_then(Value::as_str)
         .ok_or_else(|| {
-            ApiError::BadRequest("the body must be {\"compatibility\": \"<mode>\"}".into())
+            SchemaError::BadRequest("the body must be {\"compatibility\": \"<mode>\"}".into())
         })?;
     let mode = Mode::parse(mode).ok_or_else(|| {
-        ApiError::BadRequest(format!(
+        SchemaError::BadRequest(format!(
             "`{mode}` is not a mode (none, backward, backward_transitive, forward, forward_transitive, full, full_transitive)"
         ))
     })?;
@@ -189,14 +169,14 @@ pub async fn validate(
     Path(event_type): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, SchemaError> {
     check_type_name(&event_type)?;
     let n = match query.get("version") {
         Some(v) => version_param(v)?,
         None => None,
     };
     let instance: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+        .map_err(|e| SchemaError::BadRequest(format!("the body is not JSON: {e}")))?;
     match schemas.registry().version(&event_type, n) {
         Lookup::Found(n, version) => {
             let errors = version.compiled.errors(&instance);
@@ -206,10 +186,10 @@ pub async fn validate(
                 json!({ "valid": false, "version": n, "errors": errors })
             }))
         }
-        Lookup::UnknownType => Err(ApiError::NotFound(format!(
+        Lookup::UnknownType => Err(SchemaError::NotFound(format!(
             "type `{event_type}` has no schema"
         ))),
-        Lookup::UnknownVersion => Err(ApiError::NotFound(format!(
+        Lookup::UnknownVersion => Err(SchemaError::NotFound(format!(
             "type `{event_type}` has no version {}",
             n.unwrap_or(0)
         ))),
