@@ -132,6 +132,9 @@ pub async fn run_with_limits(
             .iter()
             .map(|s| s.name.clone())
             .chain(std::iter::once(config.dead_letter.stream.clone()))
+            .chain(std::iter::once(
+                config.schemas.clone().unwrap_or_default().stream(),
+            ))
             .collect(),
         config.nats.request_timeout,
         metrics.clone(),

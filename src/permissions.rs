@@ -92,10 +92,49 @@ pub fn for_config(config: &Config) -> Permissions {
         publish.push(format!("{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}"));
         publish.push(format!("$JS.ACK.{stream}.{consumer}.>"));
     }
+    registry(config, &mut publish);
     dedup(&mut publish);
     Permissions {
         publish,
         subscribe: vec![format!("{}.>", inbox_prefix(&config.app_id))],
+    }
+}
+
+/// The schema registry (SPEC 9): its bucket's stream read, created if
+/// missing and watched by every sidecar; writes only to the keys of the
+/// types in `schemas.owns` (`schema.<type>.<N>`, `config.<type>`), so a
+/// sidecar cannot register versions of another team's types even with a bug.
+fn registry(config: &Config, publish: &mut Vec<String>) {
+    let schemas = config.schemas.clone().unwrap_or_default();
+    let bucket = &schemas.bucket;
+    let stream = schemas.stream();
+    let api = "$JS.API";
+    for call in [
+        "STREAM.INFO",
+        "STREAM.CREATE",
+        "STREAM.MSG.GET",
+        "DIRECT.GET",
+    ] {
+        publish.push(format!("{api}.{call}.{stream}"));
+    }
+    publish.push(format!("{api}.DIRECT.GET.{stream}.>"));
+    // The watch: an ordered push consumer the server names, delivering to
+    // the sidecar's inbox, with flow control answered on `$JS.FC`.
+    publish.push(format!("{api}.CONSUMER.CREATE.{stream}"));
+    publish.push(format!("$JS.FC.{stream}.>"));
+    let owned: Vec<String> = match &schemas.owns {
+        Some(patterns) => patterns.clone(),
+        None => vec![">".to_string()],
+    };
+    for pattern in &owned {
+        // A version key has one token more than its type.
+        let versions = if pattern.ends_with('>') {
+            pattern.clone()
+        } else {
+            format!("{pattern}.*")
+        };
+        publish.push(format!("$KV.{bucket}.schema.{versions}"));
+        publish.push(format!("$KV.{bucket}.config.{pattern}"));
     }
 }
 
@@ -164,6 +203,36 @@ mod tests {
             );
         }
         assert_eq!(p.subscribe, vec!["_INBOX_orders.>".to_string()]);
+    }
+
+    #[test]
+    fn the_registry_is_read_by_all_and_written_only_for_owned_types() {
+        let p = for_config(&config(
+            "schemas: { owns: [\"order.>\", \"invoice.paid\"] }\n",
+        ));
+        for want in [
+            "$JS.API.STREAM.INFO.KV_JETWAY_SCHEMAS",
+            "$JS.API.DIRECT.GET.KV_JETWAY_SCHEMAS.>",
+            "$JS.API.CONSUMER.CREATE.KV_JETWAY_SCHEMAS",
+            "$KV.JETWAY_SCHEMAS.schema.order.>",
+            "$KV.JETWAY_SCHEMAS.config.order.>",
+            "$KV.JETWAY_SCHEMAS.schema.invoice.paid.*",
+            "$KV.JETWAY_SCHEMAS.config.invoice.paid",
+        ] {
+            assert!(p.publish.iter().any(|s| s == want), "missing {want}");
+        }
+        assert!(
+            !p.publish
+                .iter()
+                .any(|s| s == "$KV.JETWAY_SCHEMAS.>" || s == "$KV.JETWAY_SCHEMAS.schema.>"),
+            "writes beyond schemas.owns"
+        );
+        // Without owns, the app owns every type (SPEC 9).
+        let all = for_config(&config(""));
+        assert!(all
+            .publish
+            .iter()
+            .any(|s| s == "$KV.JETWAY_SCHEMAS.schema.>"));
     }
 
     #[test]

@@ -37,18 +37,27 @@ async fn streams_list_what_falls_short_of_at_least_once() {
     );
     let s = Sidecar::start(&yaml).await;
     assert_eq!(s.publish("orders.created", b"{}").await.status(), 200);
-    let body: Value = s
-        .http
-        .get(s.url("/v1/streams"))
-        .send()
-        .await
-        .expect("GET /v1/streams")
-        .json()
-        .await
-        .expect("json");
+    // The registry's bucket is created beside the start: poll until it is.
+    let body: Value = eventually("GET /v1/streams with the schema bucket", || {
+        let s = &s;
+        async move {
+            let r = s.http.get(s.url("/v1/streams")).send().await.ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            r.json().await.ok()
+        }
+    })
+    .await;
     let streams = body["streams"].as_array().expect("streams");
     let names: Vec<&str> = streams.iter().filter_map(|s| s["name"].as_str()).collect();
-    assert_eq!(names, ["ORDERS", "CACHE", "JETWAY_DLQ"]);
+    assert_eq!(
+        names,
+        ["ORDERS", "CACHE", "JETWAY_DLQ", "KV_JETWAY_SCHEMAS"]
+    );
+    let bucket = &streams[3];
+    assert_eq!(bucket["subjects"][0], "$KV.JETWAY_SCHEMAS.>");
+    assert_eq!(bucket["storage"], "file");
     let outdated = server_is_outdated();
     let with_version = |mut c: Vec<&'static str>| -> Vec<&'static str> {
         if outdated {

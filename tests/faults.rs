@@ -1272,3 +1272,152 @@ async fn s8_replica_killed() {
     )
     .await;
 }
+
+/// The soak (issue 15, by hand): steady publish and delivery load for
+/// `SOAK_MINUTES` (default 30) with a fault every minute, drawn in turn
+/// from the scenarios that leave jetway running (so its memory and file
+/// descriptors can be followed): nats-server killed and restarted on the
+/// same store, nats-server frozen, the endpoint answering 503, the endpoint
+/// slower than the delivery timeout. RSS and open file descriptors of the
+/// jetway process are sampled every 10 s and printed as `SOAK|...` lines.
+/// Passes when nothing is lost (the same accounting as every scenario) and
+/// both stay flat: the last quarter's peak within 25 % + 4 MiB of the first
+/// quarter's, descriptors within 16 of their first sample.
+///
+/// `SOAK_MINUTES=30 cargo test --release --test faults soak -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a 30-minute soak, run by hand"]
+async fn soak() {
+    let _serial = SERIAL.lock().await;
+    let minutes: u64 = std::env::var("SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(30);
+    let pace = Duration::from_millis(20);
+    let profile = Profile {
+        name: "soak",
+        publishers: 4,
+        // About 25 ms per publish with the pause: load for the whole run.
+        per_publisher: (minutes * 60 * 1000 / 25) as usize,
+        pace,
+        fault: Duration::from_secs(5),
+        settle: Duration::from_secs(300),
+    };
+    let mut rig = Rig::new(profile);
+    // 0: fine; 1: 503 with Retry-After: 1; 2: 1.5 s (over the 1 s timeout).
+    let mode = Arc::new(AtomicU8::new(0));
+    let endpoint = {
+        let (processed, mode) = (rig.processed.clone(), mode.clone());
+        Endpoint::start(move |r, _| {
+            let (processed, body, mode) = (processed.clone(), r.body.clone(), mode.clone());
+            async move {
+                match mode.load(Ordering::Relaxed) {
+                    1 => {
+                        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")])
+                            .into_response()
+                    }
+                    2 => tokio::time::sleep(Duration::from_millis(1500)).await,
+                    _ => tokio::time::sleep(Duration::from_millis(3)).await,
+                }
+                processed.note(&body);
+                StatusCode::OK.into_response()
+            }
+        })
+        .await
+    };
+    let yaml = rig.yaml(&endpoint.url("/e"), FLAKY_RETRY);
+    let jetway = Process::spawn_without_env(&yaml, &["JETWAY_FAULTS", "SOAK_MINUTES"]);
+    jetway.wait_ready().await;
+    let pid = jetway.child.id();
+    let started = Instant::now();
+    let samples: Arc<Mutex<Vec<(u64, u64, usize)>>> = Arc::default();
+    let sampler = {
+        let samples = samples.clone();
+        tokio::spawn(async move {
+            loop {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let rss_kib = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    .unwrap_or(0);
+                let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+                let t = started.elapsed().as_secs();
+                eprintln!("SOAK|t={t}s|rss_kib={rss_kib}|fds={fds}");
+                samples.lock().expect("lock").push((t, rss_kib, fds));
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        })
+    };
+    let load = rig.load("soak", &Target::new(&[api_url(&jetway)]));
+    let mut faults = 0;
+    while started.elapsed() < Duration::from_secs(minutes * 60) {
+        tokio::time::sleep(Duration::from_secs(55)).await;
+        let what = match faults % 4 {
+            0 => {
+                rig.nats.stop();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                rig.nats.restart();
+                "nats-server kill -9, down 3 s"
+            }
+            1 => {
+                rig.nats.freeze();
+                tokio::time::sleep(profile.fault).await;
+                rig.nats.thaw();
+                "nats-server SIGSTOP 5 s"
+            }
+            k => {
+                mode.store(k as u8 - 1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                mode.store(0, Ordering::Relaxed);
+                if k == 2 {
+                    "endpoint 503 for 10 s"
+                } else {
+                    "endpoint 1.5 s for 10 s"
+                }
+            }
+        };
+        faults += 1;
+        eprintln!(
+            "SOAK|t={}s|fault {faults}: {what}",
+            started.elapsed().as_secs()
+        );
+    }
+    load.await.expect("load");
+    rig.account(
+        "soak",
+        &format!("{minutes} min, {faults} faults (nats restart, freeze, endpoint 503, endpoint slow, in turn)"),
+        &|| requests(&endpoint),
+        false,
+        faults,
+    )
+    .await;
+    sampler.abort();
+    let samples = samples.lock().expect("lock").clone();
+    let quarter = (samples.len() / 4).max(1);
+    let peak = |s: &[(u64, u64, usize)]| s.iter().map(|x| x.1).max().unwrap_or(0);
+    let (first, last) = (
+        peak(&samples[..quarter]),
+        peak(&samples[samples.len() - quarter..]),
+    );
+    let fds: Vec<usize> = samples.iter().map(|s| s.2).collect();
+    let (fd_first, fd_max) = (
+        fds.first().copied().unwrap_or(0),
+        fds.iter().copied().max().unwrap_or(0),
+    );
+    eprintln!(
+        "SOAK|summary|samples={}|rss_peak_first_quarter_kib={first}|rss_peak_last_quarter_kib={last}|rss_peak_kib={}|fds_first={fd_first}|fds_max={fd_max}",
+        samples.len(),
+        peak(&samples)
+    );
+    assert!(
+        last <= first + first / 4 + 4096,
+        "RSS grew: first quarter peak {first} KiB, last quarter {last} KiB"
+    );
+    assert!(
+        fd_max <= fd_first + 16,
+        "descriptors grew: {fd_first} -> {fd_max}"
+    );
+    drop(jetway);
+}

@@ -390,7 +390,12 @@ async fn typed_publishes_are_validated_and_stamped() {
             .json(&json!([
                 {"subject": "orders.created", "data": {"id": "a", "qty": 1}, "headers": {"jetway-event-type": "order.created"}},
                 {"subject": "orders.created", "data": {"id": "a", "qty": 0}, "headers": {"jetway-event-type": "order.created"}},
-                {"subject": "orders.created", "data": {"id": "a", "qty": 1}}
+                {"subject": "orders.created", "data": {"id": "a", "qty": 1}},
+                // The type of a structured CloudEvent given as data.
+                {"subject": "orders.created", "headers": {"content-type": "application/cloudevents+json"},
+                 "data": {"specversion": "1.0", "type": "order.created", "source": "/t", "id": "ce-1", "data": {"id": "a", "qty": 0}}},
+                {"subject": "orders.created", "headers": {"content-type": "application/cloudevents+json"},
+                 "data": {"specversion": "1.0", "type": "order.created", "source": "/t", "id": "ce-2", "data": {"id": "a", "qty": 3}}}
             ]))
             .send()
             .await
@@ -402,6 +407,12 @@ async fn typed_publishes_are_validated_and_stamped() {
     assert!(results[0]["seq"].is_u64());
     assert_eq!(results[1]["error"]["code"], "schema_violation");
     assert!(results[2]["seq"].is_u64());
+    assert_eq!(
+        results[3]["error"]["code"], "schema_violation",
+        "a structured CloudEvent item is checked by its type: {}",
+        batch.text
+    );
+    assert!(results[4]["seq"].is_u64(), "{}", batch.text);
 
     let text = s.metrics_text().await;
     let m = |outcome: &str, t: &str| {
@@ -412,8 +423,8 @@ async fn typed_publishes_are_validated_and_stamped() {
         )
         .unwrap_or(0.0)
     };
-    assert_eq!(m("valid", "order.created"), 3.0);
-    assert_eq!(m("invalid", "order.created"), 4.0);
+    assert_eq!(m("valid", "order.created"), 4.0);
+    assert_eq!(m("invalid", "order.created"), 5.0);
     assert_eq!(m("unknown_version", "order.created"), 1.0);
     assert_eq!(m("unknown_type", "unknown"), 1.0);
     assert!(

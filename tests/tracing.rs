@@ -382,6 +382,20 @@ async fn retries_are_separate_process_spans_and_the_dead_letter_has_its_own() {
     );
     assert!(dead.attr("messaging.nats.sequence").is_some());
 
+    let stored = common::nats::dlq_stream(&nats).await;
+    let tp = stored
+        .first()
+        .expect("a dead letter")
+        .headers
+        .get("traceparent")
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        tp,
+        format!("00-{TRACE}-{}-01", dead.span_id()),
+        "the dead letter stores its span's context"
+    );
+
     // A replayed dead letter gets a process span too.
     let r = sidecar
         .http
@@ -396,6 +410,17 @@ async fn retries_are_separate_process_spans_and_the_dead_letter_has_its_own() {
         })
         .await;
     assert_eq!(replayed.len(), 3);
+    // The replay continues the trace under the dead-letter span, and the
+    // dead letter's stored traceparent is that span's context.
+    let replay = replayed
+        .iter()
+        .find(|g| g.span_id() != first.span_id() && g.span_id() != second.span_id())
+        .expect("the replay's process span");
+    assert_eq!(
+        replay.parent(),
+        dead.span_id(),
+        "replay under the dead letter"
+    );
     sidecar.stop().await;
 }
 
@@ -647,6 +672,68 @@ async fn a_hanging_collector_never_holds_up_publishes() {
     sidecar.stop().await;
 }
 
+#[tokio::test]
+async fn an_outage_logs_one_warn_line_a_second_and_the_rest_at_debug() {
+    let mut nats = Nats::start();
+    let bin = Binary::spawn(
+        &config_yaml(&nats, "log: { format: json, level: debug }\n"),
+        &[],
+    );
+    common::wait_ready(bin.metrics).await;
+    nats.stop();
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    // Publish until a WARN line reports the lines it held back.
+    let lines = eventually("a WARN line with held_back > 0", || {
+        sent += 1;
+        let key = format!("outage-{sent}");
+        let publish = bin.publish_owned(key);
+        let bin = &bin;
+        async move {
+            let status = publish.await;
+            assert!(status >= 500, "a publish without NATS: {status}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let lines = bin.lines();
+            lines
+                .iter()
+                .any(|l| {
+                    l["message"] == "publish failed"
+                        && l["level"] == "WARN"
+                        && l["held_back"].as_u64() > Some(0)
+                })
+                .then_some(lines)
+        }
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs();
+    let failed: Vec<_> = lines
+        .iter()
+        .filter(|l| l["message"] == "publish failed")
+        .collect();
+    assert_eq!(failed.len() as u64, sent, "one line per failed publish");
+    let warns = failed.iter().filter(|l| l["level"] == "WARN").count() as u64;
+    assert!(warns >= 2, "the first failure and a later one at WARN");
+    assert!(
+        warns <= elapsed + 1,
+        "{warns} WARN lines in {elapsed} s: at most one a second"
+    );
+    let held_back: u64 = failed.iter().filter_map(|l| l["held_back"].as_u64()).sum();
+    let last_warn = failed
+        .iter()
+        .rposition(|l| l["level"] == "WARN")
+        .unwrap_or_default();
+    let trailing = (failed.len() - 1 - last_warn) as u64;
+    assert_eq!(
+        held_back + warns + trailing,
+        sent,
+        "every DEBUG line before the last WARN line is counted by a WARN line"
+    );
+    for line in &failed {
+        assert_eq!(line["subject"], "orders.created", "{line}");
+        assert!(line["idempotency_key"].is_string(), "{line}");
+    }
+}
+
 /// The jetway binary with its stderr in a file, in `env`.
 struct Binary {
     child: std::process::Child,
@@ -698,6 +785,16 @@ impl Binary {
             .map_while(Result::ok)
             .filter_map(|l| serde_json::from_str(&l).ok())
             .collect()
+    }
+
+    /// A publish of `{}` with `Idempotency-Key: key`.
+    fn publish_owned(&self, key: String) -> impl std::future::Future<Output = u16> {
+        let request = reqwest::Client::new()
+            .post(format!("http://{}/v1/publish/orders.created", self.api))
+            .bearer_auth("tok-not-logged")
+            .header("idempotency-key", key)
+            .body("{}");
+        async move { request.send().await.expect("publish").status().as_u16() }
     }
 
     async fn publish(&self, headers: &[(&str, &str)], body: &'static str) -> u16 {

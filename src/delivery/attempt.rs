@@ -120,9 +120,21 @@ impl Delivery {
             span.trace_id().map(tracing::field::display),
             span.span_id().map(tracing::field::display),
         );
+        // The dead letter carries the dead-letter span's context, so its
+        // replay continues the trace under that span (SPEC section 10).
+        let traced;
+        let stored_env = match dlq_span.traceparent() {
+            Some(tp) => {
+                let mut env = env.clone();
+                env.headers.insert("traceparent", tp.as_str());
+                traced = env;
+                &traced
+            }
+            None => env,
+        };
         let stored = self
             .dead_letters
-            .store(sub.name(), env, &failure, &msg_id)
+            .store(sub.name(), stored_env, &failure, &msg_id)
             .await;
         match &stored {
             Ok(seq) => dlq_span.end(&self.dlq_stream, Some(*seq), None),

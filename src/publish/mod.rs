@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::health::Health;
 use crate::metrics::{Metrics, UNKNOWN_STREAM};
 use crate::subject;
+use crate::telemetry::throttle::Throttle;
 use crate::telemetry::tracer::{self, PublishSpan};
 use crate::telemetry::Tracer;
 
@@ -86,6 +87,8 @@ pub struct Publisher {
     tracer: Tracer,
     /// Validates typed events (SPEC section 9) before they are sent.
     schemas: Option<Arc<crate::schemas::Schemas>>,
+    /// Keeps "publish failed" at one WARN line a second in an outage.
+    failure_log: Throttle,
 }
 
 impl Publisher {
@@ -112,6 +115,7 @@ impl Publisher {
             health,
             tracer,
             schemas: None,
+            failure_log: Throttle::new(Duration::from_secs(1)),
         }
     }
 
@@ -170,16 +174,33 @@ impl Publisher {
                 span.end(stream, None, Some(e.publish_outcome()));
                 if e.status().is_server_error() {
                     let (trace_id, span_id) = tracer::log_ids(&msg.headers);
-                    tracing::warn!(
-                        subject = %msg.subject,
-                        stream,
-                        idempotency_key = msg.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
-                        trace_id = trace_id.map(tracing::field::display),
-                        span_id = span_id.map(tracing::field::display),
-                        outcome = e.publish_outcome(),
-                        error = %e,
-                        "publish failed"
-                    );
+                    let key = msg.headers.get("Nats-Msg-Id").map(|v| v.as_str());
+                    let outcome = e.publish_outcome();
+                    // An outage fails every publish: one WARN line a
+                    // second, the rest at DEBUG.
+                    match self.failure_log.admit() {
+                        Some(held_back) => tracing::warn!(
+                            subject = %msg.subject,
+                            stream,
+                            idempotency_key = key,
+                            trace_id = trace_id.map(tracing::field::display),
+                            span_id = span_id.map(tracing::field::display),
+                            outcome,
+                            error = %e,
+                            held_back,
+                            "publish failed"
+                        ),
+                        None => tracing::debug!(
+                            subject = %msg.subject,
+                            stream,
+                            idempotency_key = key,
+                            trace_id = trace_id.map(tracing::field::display),
+                            span_id = span_id.map(tracing::field::display),
+                            outcome,
+                            error = %e,
+                            "publish failed"
+                        ),
+                    }
                 }
             }
         }

@@ -136,6 +136,11 @@ pub fn read_schema_file(file: &std::path::Path) -> Result<Value, String> {
 
 impl SchemasConfig {
     /// Whether this app may register or reconfigure type `t`.
+    /// The stream that holds the bucket (`KV_<bucket>`).
+    pub fn stream(&self) -> String {
+        format!("KV_{}", self.bucket)
+    }
+
     pub fn owns(&self, t: &str) -> bool {
         self.owns
             .as_ref()

@@ -5,12 +5,14 @@
 //! - `sampler`: parent-based sampling with a ratio for roots;
 //! - `config`: the `tracing:` section and the `OTEL_*` variables;
 //! - `export`: the bounded queue and the OTLP/HTTP exporter task;
-//! - `tracer`: the calls the publish and delivery paths make.
+//! - `tracer`: the calls the publish and delivery paths make;
+//! - `throttle`: one WARN line per interval for failures an outage repeats.
 
 pub mod config;
 pub mod export;
 pub mod sampler;
 pub mod span;
+pub mod throttle;
 pub mod tracer;
 
 use std::collections::BTreeMap;

@@ -226,6 +226,12 @@ pub struct PublishSpan {
 }
 
 impl PublishSpan {
+    /// This span's `traceparent`, when it is exported: stored with the
+    /// message so the trace goes on where the message is read next.
+    pub fn traceparent(&self) -> Option<String> {
+        self.open.as_ref().map(|o| o.span.context.traceparent())
+    }
+
     /// Ends the span: stored as `seq` in `stream`, or failed with `error`
     /// (a bounded kind, e.g. `timeout`).
     pub fn end(self, stream: &str, seq: Option<u64>, error: Option<&str>) {
