@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod content_type;
 pub mod dead_letter;
 pub mod delivery;
 pub mod dev;

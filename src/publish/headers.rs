@@ -6,10 +6,10 @@ use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::{is_valid_stream_name, PublishConfig};
+use crate::content_type::is_structured_cloudevent;
 use crate::error::ApiError;
 
-/// Content type of a structured-mode CloudEvent.
-pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
+pub use crate::content_type::CLOUDEVENTS_JSON;
 /// Longest Idempotency-Key accepted.
 pub const MAX_ID_LEN: usize = 256;
 
@@ -200,15 +200,7 @@ pub fn map_headers(
     }
 
     let binary_ce = validate_binary_cloudevent(headers)?;
-    let structured = content_type
-        .map(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case(CLOUDEVENTS_JSON)
-        })
-        .unwrap_or(false);
+    let structured = content_type.is_some_and(is_structured_cloudevent);
     let ce = if structured {
         Some(validate_structured_cloudevent(body)?)
     } else {
