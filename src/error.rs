@@ -350,6 +350,56 @@ mod tests {
     }
 
     #[test]
+    fn schema_refusals_answer_their_spec_status_and_code() {
+        let table: Vec<(SchemaError, u16, &str)> = vec![
+            (
+                SchemaError::Violation {
+                    message: "x".into(),
+                    errors: Vec::new(),
+                },
+                422,
+                "schema_violation",
+            ),
+            (
+                SchemaError::UnknownVersion("x".into()),
+                400,
+                "schema_unknown_version",
+            ),
+            (
+                SchemaError::UnknownType("x".into()),
+                422,
+                "schema_unknown_type",
+            ),
+            (
+                SchemaError::Incompatible {
+                    mode: crate::schemas::Mode::Backward,
+                    violations: Vec::new(),
+                },
+                409,
+                "schema_incompatible",
+            ),
+            (SchemaError::Invalid("x".into()), 422, "schema_invalid"),
+            (SchemaError::Forbidden("x".into()), 403, "forbidden"),
+            (SchemaError::BadRequest("x".into()), 400, "bad_request"),
+            (SchemaError::Header("x".into()), 400, "header_invalid"),
+            (SchemaError::NotFound("x".into()), 404, "not_found"),
+            (
+                SchemaError::Unavailable("x".into()),
+                503,
+                "nats_unavailable",
+            ),
+        ];
+        for (err, status, code) in table {
+            let answer = ApiError::from(err);
+            assert_eq!(
+                (answer.status().as_u16(), answer.code()),
+                (status, code),
+                "{answer:?}"
+            );
+        }
+    }
+
+    #[test]
     fn conflict_body_carries_last_sequence() {
         let body = ApiError::Conflict {
             message: "wrong last sequence".into(),
