@@ -1,23 +1,28 @@
 //! The ingress API (SPEC section 3): `POST /v1/publish/{subject}` and the
 //! batch route. A publisher gets 200 only after JetStream's PubAck; 503
 //! means nothing was handed to NATS, 504 that it was but no PubAck came.
+//!
+//! [`Publisher`] prepares a message (subject rules, header mapping, the
+//! schema check) and publishes it; `confirm` hands it to JetStream and
+//! waits for its PubAck (resends, and what a failure answers), `body`
+//! reads request bodies within their memory budget, `routes` are the two
+//! HTTP handlers. `headers` and `batch` are the pure parsers, `streams`
+//! knows which stream captures a subject.
 
 pub mod batch;
+mod body;
+mod confirm;
 pub mod headers;
+mod routes;
 pub mod streams;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, context::PublishErrorKind, publish::PublishAck};
+use async_nats::jetstream::{self, publish::PublishAck};
 use async_nats::{Client, HeaderMap as NatsHeaders};
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -29,16 +34,15 @@ use crate::subject;
 use crate::telemetry::throttle::Throttle;
 use crate::telemetry::tracer::{self, PublishSpan};
 use crate::telemetry::Tracer;
+use body::body_budget_kib;
+pub use body::{body_budget, BODY_BUDGET_FACTOR};
+pub use routes::{publish_batch, publish_one};
 
 /// Most headers one batch item may carry.
 pub const MAX_ITEM_HEADERS: usize = 100;
 
 /// How much larger than `api.max_body` a whole batch request may be.
 pub const BATCH_BODY_FACTOR: usize = 16;
-/// Wait before resending after "no responders" (a stream leader election).
-const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(100);
-/// Least time a resent message is given for its PubAck.
-const MIN_RESEND_WAIT: Duration = Duration::from_millis(100);
 
 /// The answer for one stored message.
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
@@ -260,215 +264,6 @@ impl Publisher {
         }
     }
 
-    /// 503 unless connected: a publish handed to a disconnected client would
-    /// be queued and might be stored later, so "not stored" could not be
-    /// promised.
-    fn ensure_connected(&self) -> Result<(), ApiError> {
-        if self.health.is_shutting_down() {
-            return Err(ApiError::ShuttingDown);
-        }
-        match self.client.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            _ => Err(ApiError::NatsUnavailable(
-                "not connected to NATS; nothing was stored".into(),
-            )),
-        }
-    }
-
-    /// Hands the message to the client; `Ok` means it may be stored.
-    async fn send(&self, msg: &Outgoing) -> Result<jetstream::context::PublishAckFuture, ApiError> {
-        self.js
-            .send_publish(
-                msg.subject.clone(),
-                jetstream::message::PublishMessage::build()
-                    .payload(msg.payload.clone())
-                    .headers(msg.headers.clone()),
-            )
-            .await
-            .map_err(|e| match e.kind() {
-                PublishErrorKind::MaxPayloadExceeded => ApiError::PayloadTooLarge(
-                    "message is larger than the NATS server's max_payload".into(),
-                ),
-                _ => ApiError::NatsUnavailable(format!("could not send to NATS: {e}")),
-            })
-    }
-
-    /// Awaits the PubAck. A message with an id is resent (same id) while
-    /// the deadline allows, so a cluster electing a new stream leader costs
-    /// the client nothing.
-    async fn confirm(
-        &self,
-        msg: &Outgoing,
-        mut ack: jetstream::context::PublishAckFuture,
-        deadline: Instant,
-    ) -> Result<Stored, ApiError> {
-        let per_try = if msg.has_id {
-            (self.request_timeout / 4).max(Duration::from_millis(250))
-        } else {
-            self.request_timeout
-        };
-        // Whether a try went unanswered: it may have been stored.
-        let mut maybe_stored = false;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let wait = per_try.min(remaining);
-            let result = if msg.has_id {
-                match tokio::time::timeout(wait, std::future::IntoFuture::into_future(ack)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(PublishErrorKind::TimedOut.into()),
-                }
-            } else {
-                // One try: the ack future's own timeout is request_timeout.
-                ack.await
-            };
-            let err = match result {
-                Ok(ack) => return Ok(ack.into()),
-                Err(e) => e,
-            };
-            // "Duplicate message id is in process": an earlier copy is still
-            // being replicated and may yet be stored.
-            let in_process = id_in_process(&err);
-            if in_process
-                || matches!(
-                    err.kind(),
-                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
-                )
-            {
-                maybe_stored = true;
-            }
-            // No responders: give an election a moment before resending;
-            // an id in process: give its first copy a moment to commit.
-            let pause = if err.kind() == PublishErrorKind::StreamNotFound || in_process {
-                NO_RESPONDERS_PAUSE
-            } else {
-                Duration::ZERO
-            };
-            // A resend needs time left for its answer; one cut short by the
-            // deadline would turn a definite answer (404) into an unknown (504).
-            let retryable = msg.has_id
-                && (in_process
-                    || matches!(
-                        err.kind(),
-                        PublishErrorKind::TimedOut
-                            | PublishErrorKind::BrokenPipe
-                            | PublishErrorKind::StreamNotFound
-                    ))
-                && Instant::now() + pause + MIN_RESEND_WAIT < deadline;
-            if !retryable {
-                if in_process {
-                    // Never 503: the first copy may be stored after all.
-                    return Err(ApiError::Timeout(self.request_timeout));
-                }
-                return Err(self.classify(msg, err, maybe_stored).await);
-            }
-            tracing::debug!(subject = %msg.subject, error = %err, "no PubAck yet; resending with the same id");
-            tokio::time::sleep(pause).await;
-            ack = match self.send(msg).await {
-                Ok(a) => a,
-                // It was handed over before: the outcome is unknown.
-                Err(_) => return Err(ApiError::Timeout(self.request_timeout)),
-            };
-        }
-    }
-
-    async fn classify(
-        &self,
-        msg: &Outgoing,
-        err: jetstream::context::PublishError,
-        maybe_stored: bool,
-    ) -> ApiError {
-        match err.kind() {
-            // No responders for a subject a configured stream captures: the
-            // stream is there but not answering (leader election, JetStream
-            // starting), so this try stored nothing.
-            PublishErrorKind::StreamNotFound
-                if self.stream_label(&msg.subject) != UNKNOWN_STREAM =>
-            {
-                if maybe_stored {
-                    ApiError::Timeout(self.request_timeout)
-                } else {
-                    ApiError::NatsUnavailable(format!(
-                        "stream {} is not answering (no leader?); nothing was stored",
-                        self.stream_label(&msg.subject)
-                    ))
-                }
-            }
-            // A stream found on the server earlier stopped answering
-            // (deleted, or its subjects changed): ask again next time.
-            PublishErrorKind::StreamNotFound => {
-                self.streams.forget(&msg.subject);
-                if maybe_stored {
-                    ApiError::Timeout(self.request_timeout)
-                } else {
-                    ApiError::NatsUnavailable(format!(
-                        "no stream answered for {}; nothing was stored",
-                        msg.subject
-                    ))
-                }
-            }
-            PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId => {
-                ApiError::Conflict {
-                    message: "an expected-sequence header did not hold".into(),
-                    last_sequence: self.last_sequence(msg).await,
-                }
-            }
-            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
-                ApiError::Timeout(self.request_timeout)
-            }
-            PublishErrorKind::MaxPayloadExceeded => ApiError::PayloadTooLarge(
-                "message is larger than the NATS server's max_payload".into(),
-            ),
-            _ => {
-                let Some(code) = std::error::Error::source(&err)
-                    .and_then(|s| s.downcast_ref::<jetstream::Error>())
-                    .map(|e| e.error_code())
-                else {
-                    // Not a PubAck nor a JetStream error: something else
-                    // answered on the subject. Whether a stream stored the
-                    // message too is unknown, so never 503.
-                    return ApiError::BadGateway(format!(
-                        "the answer to the publish on {} was not a JetStream PubAck: the outcome is unknown",
-                        msg.subject
-                    ));
-                };
-                match code {
-                    jetstream::ErrorCode::STREAM_NOT_MATCH => ApiError::Conflict {
-                        message: "Jetway-Expected-Stream does not match the stream that captures the subject".into(),
-                        last_sequence: None,
-                    },
-                    jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => {
-                        ApiError::PayloadTooLarge("message is larger than the stream allows".into())
-                    }
-                    _ => ApiError::NatsUnavailable(format!("JetStream refused the message: {err}")),
-                }
-            }
-        }
-    }
-
-    /// The sequence the expectation was checked against, looked up after a
-    /// conflict: the subject's last message or the stream's last sequence.
-    async fn last_sequence(&self, msg: &Outgoing) -> Option<u64> {
-        let stream_name = self.js.stream_by_subject(msg.subject.clone()).await.ok()?;
-        let stream = self.js.get_stream(&stream_name).await.ok()?;
-        if msg
-            .headers
-            .get("Nats-Expected-Last-Subject-Sequence")
-            .is_some()
-        {
-            match stream.get_last_raw_message_by_subject(&msg.subject).await {
-                Ok(m) => Some(m.sequence),
-                Err(e)
-                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
-                    Some(0)
-                }
-                Err(_) => None,
-            }
-        } else {
-            Some(stream.cached_info().state.last_sequence)
-        }
-    }
-
     /// Publishes one message and answers only after its PubAck.
     pub async fn publish(&self, mut msg: Outgoing) -> Result<Stored, ApiError> {
         let started = Instant::now();
@@ -601,251 +396,5 @@ impl Publisher {
             }))
             .await;
         Ok(results)
-    }
-}
-
-/// JetStream's "duplicate message id is in process" (10158, 2.10+): a resend
-/// met its earlier copy still being replicated. That copy may be stored, so
-/// the outcome is unknown, never "not stored" (found by tests/partitions).
-const ID_IN_PROCESS: u64 = 10158;
-
-fn id_in_process(err: &jetstream::context::PublishError) -> bool {
-    std::error::Error::source(err)
-        .and_then(|s| s.downcast_ref::<jetstream::Error>())
-        .is_some_and(|e| e.error_code() == jetstream::ErrorCode(ID_IN_PROCESS))
-}
-
-/// How much of a refused body is still read and thrown away, and for how
-/// long, so the client sees the 413 before the connection closes.
-const LINGER_BYTES: usize = 16 << 20;
-const LINGER_TIME: Duration = Duration::from_secs(2);
-
-/// Bytes of request bodies in memory at once. Beyond it a request waits,
-/// unread (TCP pushes back on its client), up to `nats.request_timeout`,
-/// then gets a 429; a batch larger than the whole budget (up to 16 x
-/// `max_body`) waits until it can have all of it. Without it 64 connections
-/// of 16 MiB batches would need 1 GiB. 8 x `max_body` measured best: at 16 x
-/// the allocator's peak under 64 connections of 2 MB batches was 52 MB, at 8 x
-/// 37 MB with the same throughput, at 4 x 24 MB but a third slower.
-pub fn body_budget(max_body: usize) -> usize {
-    max_body.saturating_mul(BODY_BUDGET_FACTOR)
-}
-
-/// See [`body_budget`].
-pub const BODY_BUDGET_FACTOR: usize = 8;
-
-fn body_budget_kib(max_body: usize) -> u32 {
-    u32::try_from(kib(body_budget(max_body))).unwrap_or(u32::MAX >> 3)
-}
-
-fn kib(bytes: usize) -> usize {
-    bytes.div_ceil(1024).max(1)
-}
-
-/// What is reserved for a body of unknown length before its first bytes.
-const FIRST_RESERVE: usize = 64 * 1024;
-
-impl Publisher {
-    /// Reserves `kib` more KiB of request bodies, waiting until `until` at
-    /// most. Never more than the whole budget, which could never be had.
-    async fn reserve(
-        &self,
-        kib: usize,
-        until: tokio::time::Instant,
-    ) -> Result<OwnedSemaphorePermit, ApiError> {
-        let n = u32::try_from(kib).unwrap_or(u32::MAX).min(self.bodies_kib);
-        if let Ok(permit) = self.bodies.clone().try_acquire_many_owned(n) {
-            return Ok(permit);
-        }
-        match tokio::time::timeout_at(until, self.bodies.clone().acquire_many_owned(n)).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(ApiError::BodiesOverloaded(body_budget(self.max_body))),
-        }
-    }
-
-    /// Reads a request body up to `limit` bytes; a larger one (declared or
-    /// streamed, e.g. chunked) is refused as soon as it crosses the limit.
-    /// The permit holds the body's room in the budget: keep it until the
-    /// request is answered.
-    pub async fn read_body(
-        &self,
-        headers: &HeaderMap,
-        body: Body,
-        limit: usize,
-    ) -> Result<(Bytes, OwnedSemaphorePermit), ApiError> {
-        let too_large = || ApiError::PayloadTooLarge(format!("body is larger than {limit} bytes"));
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
-            if !expects_continue(headers) {
-                linger(body);
-            }
-            return Err(too_large());
-        }
-        let until = tokio::time::Instant::now() + self.request_timeout;
-        let budget = self.bodies_kib as usize;
-        let first = declared.map_or(FIRST_RESERVE.min(limit), |len| len as usize);
-        let mut reserved = kib(first).min(budget);
-        let mut permit = match self.reserve(reserved, until).await {
-            Ok(permit) => permit,
-            Err(e) => {
-                if !expects_continue(headers) {
-                    linger(body);
-                }
-                return Err(e);
-            }
-        };
-        let mut body = body;
-        let mut buf = bytes::BytesMut::with_capacity(declared.map_or(0, |len| len as usize));
-        while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
-            if let Ok(data) = frame.into_data() {
-                let len = buf.len() + data.len();
-                if len > limit {
-                    linger(body);
-                    return Err(too_large());
-                }
-                let needed = kib(len);
-                // Streamed without a length: room grows in doublings, up to
-                // the whole budget (then this body is alone in it).
-                if needed > reserved && reserved < budget {
-                    let more = (needed - reserved).max(reserved).min(budget - reserved);
-                    match self.reserve(more, until).await {
-                        Ok(extra) => {
-                            reserved += more;
-                            permit.merge(extra);
-                        }
-                        Err(e) => {
-                            linger(body);
-                            return Err(e);
-                        }
-                    }
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        Ok((buf.freeze(), permit))
-    }
-}
-
-/// A client waiting for `100 Continue` sends no body once refused.
-fn expects_continue(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-/// Reads and discards what follows a refused body, up to `LINGER_BYTES` or
-/// `LINGER_TIME`, while the 413 is sent. Closing a connection with unread
-/// data makes the kernel reset it, and a client still sending would then
-/// see a broken pipe instead of the 413 (and likely retry); web servers'
-/// "lingering close" for the same reason. Never buffered.
-fn linger(mut body: Body) {
-    tokio::spawn(async move {
-        let mut left = LINGER_BYTES;
-        let drain = async {
-            while let Some(Ok(frame)) = body.frame().await {
-                let n = frame.data_ref().map_or(0, |d| d.len());
-                if n >= left {
-                    break;
-                }
-                left -= n;
-            }
-        };
-        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-    });
-}
-
-/// `POST /v1/publish/{subject}`.
-pub async fn publish_one(
-    State(publisher): State<Arc<Publisher>>,
-    Path(subject): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let admitted = async {
-        let permit = publisher.admit(1)?;
-        publisher.check_subject(&subject)?;
-        let (payload, room) = publisher
-            .read_body(&headers, body, publisher.max_body)
-            .await?;
-        let msg = publisher.prepare(subject.clone(), &headers, payload)?;
-        Ok::<_, ApiError>((permit, room, msg))
-    }
-    .await;
-    let (_permit, _room, msg) = match admitted {
-        Ok(admitted) => admitted,
-        Err(e) => {
-            publisher.record(&subject, &Err(e.clone()), None);
-            return e.into_response();
-        }
-    };
-    match publisher.publish(msg).await {
-        Ok(stored) => (StatusCode::OK, Json(stored)).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-#[derive(Serialize)]
-struct BatchAnswer {
-    results: Vec<serde_json::Value>,
-}
-
-/// `POST /v1/publish`: a batch.
-pub async fn publish_batch(
-    State(publisher): State<Arc<Publisher>>,
-    request: axum::extract::Request,
-) -> Response {
-    // The request whole, not the `HeaderMap` extractor: that one clones.
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    let result = async {
-        let ndjson = batch::is_ndjson(
-            headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-        );
-        if publisher.health.is_shutting_down() {
-            return Err(ApiError::ShuttingDown);
-        }
-        let limit = publisher.max_body.saturating_mul(BATCH_BODY_FACTOR);
-        let (body, _room) = publisher.read_body(&headers, body, limit).await?;
-        let items = batch::parse(&body, ndjson)?;
-        // The items hold their own payloads (the room reserved for the body
-        // stands for them): free the request body now rather than for as
-        // long as the PubAcks take.
-        drop(body);
-        let _permit = publisher.admit(items.len())?;
-        publisher.publish_batch(items).await
-    }
-    .await;
-    match result {
-        Ok(results) => {
-            let all_ok = results.iter().all(|r| r.is_ok());
-            let results = results
-                .into_iter()
-                .map(|r| match r {
-                    Ok(stored) => serde_json::to_value(stored).unwrap_or_default(),
-                    Err(e) => e.body(),
-                })
-                .collect();
-            let status = if all_ok {
-                StatusCode::OK
-            } else {
-                StatusCode::MULTI_STATUS
-            };
-            (status, Json(BatchAnswer { results })).into_response()
-        }
-        Err(e) => {
-            if !matches!(e, ApiError::NatsUnavailable(_)) {
-                // A refused batch has no subject yet; the connection error
-                // was counted per item by publish_batch.
-                publisher.record_refused(&e);
-            }
-            e.into_response()
-        }
     }
 }
