@@ -14,6 +14,8 @@ fi
 latest=$(scripts/nats-server-latest.sh)
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+# No import cycle between the top-level modules of src/.
+scripts/module-cycles.py
 # promtool, the Python / Node / Go examples; installs prometheus, which
 # tests/prometheus.rs starts.
 scripts/test-ecosystem.sh
