@@ -26,7 +26,7 @@ pub(super) const ANNOTATIONS: &[&str] = &[
     "definitions",
 ];
 
-/// Keywords [`check`] models (besides annotations and applicators it
+/// Keywords [`check`](super::check) models (besides annotations and applicators it
 /// handles on its own: `$ref`, `anyOf`, `oneOf`, `allOf`).
 const MODELLED: &[&str] = &[
     "type",
