@@ -247,6 +247,29 @@ impl DeadLetters {
         Ok((out, cursor))
     }
 
+    /// The first dead letter of `subscription` after sequence `after`.
+    pub async fn next(
+        &self,
+        subscription: &str,
+        after: u64,
+    ) -> Result<Option<StreamMessage>, DlqError> {
+        let found = self
+            .stream()
+            .await?
+            .raw_message_builder()
+            .sequence(after.saturating_add(1))
+            .next_by_subject(self.subject(subscription))
+            .send()
+            .await;
+        match found {
+            Ok(msg) => Ok(Some(msg)),
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(DlqError::Stream(e.to_string())),
+        }
+    }
+
     async fn has_after(
         &self,
         stream: &jetstream::stream::Stream<()>,
@@ -293,6 +316,12 @@ impl DeadLetters {
     /// Removes one dead letter of `subscription`.
     pub async fn delete(&self, subscription: &str, seq: u64) -> Result<(), DlqError> {
         self.get(subscription, seq).await?;
+        self.remove(seq).await
+    }
+
+    /// Removes the dead letter at `seq`, already read and known to be this
+    /// app's (a replay holds it): no second read of its body.
+    pub async fn remove(&self, seq: u64) -> Result<(), DlqError> {
         self.stream()
             .await?
             .delete_message(seq)
