@@ -23,6 +23,6 @@ scripts/test-ecosystem.sh
 cargo test --locked --lib --bins --tests
 # The publish and delivery suites with every sidecar connected as a NATS
 # user allowed exactly what jetway::permissions lists for its config.
-NATS_LEAST_PRIVILEGE=1 cargo test --locked --test publish --test delivery --test reads --test account_isolation --test schemas --test durability
+NATS_LEAST_PRIVILEGE=1 cargo test --locked --test publish --test delivery --test reads --test account_isolation --test schemas --test durability --test replay
 # The whole integration suite again against the current server.
 NATS_SERVER_BIN="$latest" cargo test --locked --tests

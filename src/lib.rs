@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod nats;
 pub mod permissions;
 pub mod publish;
+pub mod raw_target;
 pub mod reads;
 pub mod schemas;
 pub mod server;

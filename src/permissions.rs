@@ -64,6 +64,12 @@ pub fn for_config(config: &Config) -> Permissions {
         publish.push(format!("{api}.CONSUMER.MSG.NEXT.{}.*", s.name));
     }
     publish.push(format!("{api}.STREAM.MSG.DELETE.{dlq}"));
+    // Counting its dead letters: a consumer (any name) filtered on them,
+    // and on nothing else (the server checks the filter in the subject).
+    publish.push(format!(
+        "{api}.CONSUMER.CREATE.{dlq}.*.{DLQ_PREFIX}.{}.>",
+        config.app_id
+    ));
     publish.push(format!("{DLQ_PREFIX}.{}.>", config.app_id));
     for sub in &config.subscriptions {
         let consumer = format!("{}-{}", config.app_id, sub.name);

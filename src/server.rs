@@ -14,6 +14,9 @@
 //! - connection floods: `max_connections`; more wait in the kernel's
 //!   backlog, costing this process nothing, until a slot frees.
 //!
+//! Every connection is read through [`RawTarget`], so a raw `>` in a path
+//! (a subject wildcard, as curl sends it) reaches the routes as `%3E`.
+//!
 //! Bodies are limited where they are read (`publish::read_body`), as they
 //! stream, so a large one is refused without being buffered.
 
@@ -29,6 +32,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+
+use crate::raw_target::RawTarget;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -114,8 +119,10 @@ pub async fn serve<S>(
             .map_request(move |request: Request<Incoming>| {
                 request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)))
             });
-        let conn = graceful
-            .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
+        let conn = graceful.watch(http.serve_connection(
+            TokioIo::new(RawTarget::new(stream, limits.max_header_bytes)),
+            TowerToHyperService::new(service),
+        ));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");

@@ -19,6 +19,12 @@ use jetway::envelope::{Envelope, Reason};
 /// Stores `n` dead letters of subscription `s` straight into the DLQ, in
 /// the format jetway writes; original sequences 1..=n.
 async fn fill_dlq(js: &jetstream::Context, n: u64) {
+    fill_dlq_padded(js, n, 0).await;
+}
+
+/// [`fill_dlq`] with `pad` bytes more in each body.
+async fn fill_dlq_padded(js: &jetstream::Context, n: u64, pad: usize) {
+    let padding = "x".repeat(pad);
     let failure = Failure {
         reason: Reason::Rejected,
         status: Some(400),
@@ -34,7 +40,7 @@ async fn fill_dlq(js: &jetstream::Context, n: u64) {
             attempt: 1,
             published: time::OffsetDateTime::now_utc(),
             headers: async_nats::HeaderMap::new(),
-            payload: format!("{{\"n\":{seq}}}").into(),
+            payload: format!("{{\"n\":{seq},\"pad\":\"{padding}\"}}").into(),
         };
         let headers = DeadLetters::message_headers(&env, &failure, &format!("ORDERS:{seq}:test-s"));
         acks.push(
@@ -130,6 +136,39 @@ async fn replay_with_limit_counts_down_and_delivers_each_once() {
         .await,
         TOTAL as f64
     );
+    s.stop().await;
+}
+
+/// nats-server 2.9.10 counts a subject 0 in `STREAM.INFO` once the first
+/// block that held it was emptied by deletes; `remaining` must not follow
+/// it (a CLI loop would stop with half the dead letters left).
+#[tokio::test]
+async fn remaining_counts_right_after_whole_blocks_were_replayed() {
+    const TOTAL: u64 = 1500;
+    let nats = Nats::start();
+    let endpoint = Endpoint::ok().await;
+    let s = Sidecar::start(&yaml(&nats, &endpoint, 16)).await;
+    let js = nats.client().await;
+    fill_dlq_padded(&js, TOTAL, 16 * 1024).await;
+    assert_eq!(
+        replay(&s, json!({ "limit": 750 })).await,
+        json!({ "replayed": 750, "failed": 0, "remaining": 750 })
+    );
+    let subs: Value = s
+        .http
+        .get(s.url("/v1/subscriptions"))
+        .send()
+        .await
+        .expect("subscriptions")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(subs["subscriptions"][0]["dead_letters"], 750, "{subs}");
+    assert_eq!(
+        replay(&s, json!({})).await,
+        json!({ "replayed": 750, "failed": 0, "remaining": 0 })
+    );
+    assert_eq!(delivered_once(&endpoint), keys(1..=TOTAL));
     s.stop().await;
 }
 

@@ -91,8 +91,7 @@ pub fn draw(r: &Results, path: &Path) -> Res<()> {
         .map_err(e)?;
     }
     area.draw(&Text::new(
-        "bar: ratio to baseline; blue line: baseline (1.0); black tick: target of issue 4"
-            .to_string(),
+        "bar: ratio to baseline; blue line: baseline (1.0); black tick: target".to_string(),
         (10, bottom + 22),
         ("sans-serif", 12).into_font(),
     ))

@@ -4,6 +4,9 @@
 //! (release profile) and an HTTP sink; the bare bridge and the bare delivery
 //! loop run as child processes of this binary, so every HTTP system under
 //! test is a process of its own, driven by the same load generator.
+//! The phases of issues 12, 13 and 18 (`typed`, `tracing`, `replay`)
+//! compare jetway with itself: a feature on against the same path without
+//! it, on sidecars of their own.
 //!
 //! `--quick` or `JETWAY_BENCH_QUICK=1`: a few hundred messages per figure,
 //! only to show it completes and writes `bench/results/quick.json`.
@@ -15,8 +18,12 @@ mod idle;
 mod load;
 mod memory;
 mod procs;
+mod replay;
 mod report;
 mod roles;
+mod sidecar;
+mod traces;
+mod typed;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -95,6 +102,16 @@ impl Plan {
             latency_stop: stop,
             batch_items: 100,
             settle: Duration::from_millis(300),
+        }
+    }
+
+    /// Rounds of a phase that alternates two systems (A B, then B A): even,
+    /// so each goes first as often as the other.
+    pub fn ab_rounds(&self) -> usize {
+        if self.quick {
+            1
+        } else {
+            4
         }
     }
 
@@ -196,7 +213,7 @@ fn jetway_yaml(nats: &Nats, sink: &roles::Sink, plan: &Plan) -> String {
     )
 }
 
-fn publish_request(host: &str, subject: &str, payload: Bytes) -> MakeRequest {
+pub fn publish_request(host: &str, subject: &str, payload: Bytes) -> MakeRequest {
     let path = format!("/v1/publish/{subject}");
     let host = host.to_string();
     Arc::new(move |_| {
@@ -385,6 +402,17 @@ async fn bench(plan: Plan) -> Res<()> {
     }
     if run("stored") {
         stored_to_delivered(&b, &mut results).await?;
+    }
+    // Each on a sidecar of its own (their configs differ from the main
+    // one's), started and stopped within the phase.
+    if run("typed") {
+        typed::run(&b, &mut results).await?;
+    }
+    if run("tracing") {
+        traces::run(&b, &mut results).await?;
+    }
+    if run("replay") {
+        replay::run(&b, &mut results).await?;
     }
 
     tokio::time::sleep(b.plan.settle).await;

@@ -151,9 +151,11 @@ impl Jetway {
             None => Command::new(bin),
         };
         // JETWAY_* would override the config (JETWAY_BENCH_QUICK would be
-        // read as a key), RUST_LOG its log level: only the file counts.
+        // read as a key), RUST_LOG its log level, OTEL_* its span export:
+        // only the file counts.
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("JETWAY_") || key == "RUST_LOG" {
+            let name = key.to_string_lossy();
+            if name.starts_with("JETWAY_") || name.starts_with("OTEL_") || key == "RUST_LOG" {
                 command.env_remove(key);
             }
         }

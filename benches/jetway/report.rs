@@ -222,8 +222,12 @@ pub struct Results {
     pub delivery: Vec<DeliveryCell>,
     pub latency: Vec<Latency>,
     pub footprint: Footprint,
+    pub typed: Option<crate::typed::TypedResult>,
+    pub tracing: Option<crate::traces::TracingResult>,
+    pub replay: Option<crate::replay::ReplayResult>,
     pub targets: Vec<Target>,
-    /// Checks that the measurement itself is sound (load generator headroom).
+    /// Checks that the measurement itself is sound (load generator
+    /// headroom, spans really exported, every dead letter replayed).
     pub validity: Vec<Target>,
 }
 
@@ -249,7 +253,13 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-fn target(name: String, value: f64, limit: f64, kind: &'static str, unit: &'static str) -> Target {
+pub fn target(
+    name: String,
+    value: f64,
+    limit: f64,
+    kind: &'static str,
+    unit: &'static str,
+) -> Target {
     let pass = if kind == "min" {
         value >= limit
     } else {
@@ -265,7 +275,7 @@ fn target(name: String, value: f64, limit: f64, kind: &'static str, unit: &'stat
     }
 }
 
-fn size(p: usize) -> String {
+pub fn size(p: usize) -> String {
     if p >= 1024 && p.is_multiple_of(1024) {
         format!("{} KiB", p / 1024)
     } else {
@@ -431,8 +441,26 @@ impl Results {
             "max",
             "s",
         ));
+        if let Some(x) = &self.typed {
+            t.extend(x.targets());
+        }
+        if let Some(x) = &self.tracing {
+            t.extend(x.targets());
+        }
+        if let Some(x) = &self.replay {
+            t.extend(x.targets());
+        }
         self.targets = t;
         let mut v = Vec::new();
+        if let Some(x) = &self.typed {
+            v.extend(x.checks());
+        }
+        if let Some(x) = &self.tracing {
+            v.extend(x.checks());
+        }
+        if let Some(x) = &self.replay {
+            v.extend(x.checks());
+        }
         for c in &self.ceiling {
             let fastest = self
                 .publish
@@ -456,6 +484,29 @@ impl Results {
         }
         self.validity = v;
     }
+}
+
+/// One row of the figures table: figure, jetway, baseline, ratio, target,
+/// verdict (`None`: information only).
+pub fn row(
+    s: &mut String,
+    figure: &str,
+    jetway: &str,
+    baseline: &str,
+    ratio: Option<f64>,
+    target: &str,
+    verdict: Option<bool>,
+) {
+    let _ = writeln!(
+        s,
+        "| {figure} | {jetway} | {baseline} | {} | {target} | {} |",
+        ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
+        match verdict {
+            Some(true) => "pass",
+            Some(false) => "**miss**",
+            None => "",
+        }
+    );
 }
 
 fn fmt_rate(r: f64) -> String {
@@ -518,6 +569,15 @@ pub fn table(r: &Results) -> String {
             c.ratio,
             pass(c.ratio >= 0.9)
         );
+    }
+    if let Some(x) = &r.typed {
+        x.rows(&mut s);
+    }
+    if let Some(x) = &r.tracing {
+        x.rows(&mut s);
+    }
+    if let Some(x) = &r.replay {
+        x.rows(&mut s);
     }
     let _ = writeln!(
         s,
@@ -595,7 +655,10 @@ pub fn table(r: &Results) -> String {
         );
     }
     let _ = writeln!(s, "| exit code after SIGTERM | {:?} | |", f.sigterm_exit);
-    let _ = writeln!(s, "\n| target (issue 4) | measured | limit | |");
+    let _ = writeln!(
+        s,
+        "\n| target (issues 4, 12, 13, 18) | measured | limit | |"
+    );
     let _ = writeln!(s, "|---|---:|---:|---|");
     for t in r.targets.iter().chain(r.validity.iter()) {
         let _ = writeln!(

@@ -3,7 +3,8 @@
 //! binary, the bare bridge (a minimal axum handler: publish, await the
 //! PubAck, answer) and the bare delivery loop (pull, POST, ack).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,9 +24,10 @@ use crate::{Ctx, Res};
 /// Header the bare delivery loop puts the stored time in (unix ns).
 pub const PUBLISHED_NS: &str = "x-published-ns";
 
-/// The HTTP sink: answers 200 to everything, counts, and when asked records
-/// stored-to-delivered latency from `Jetway-Published-At` or the bare
-/// loop's header.
+/// The HTTP sink: answers 200 to everything (or the status it is told to
+/// answer), counts, and when asked records stored-to-delivered latency from
+/// `Jetway-Published-At` or the bare loop's header, or the distinct
+/// `Idempotency-Key`s it was sent.
 #[derive(Clone)]
 pub struct Sink {
     pub addr: std::net::SocketAddr,
@@ -33,6 +35,9 @@ pub struct Sink {
     recording: Arc<AtomicBool>,
     hist: Arc<Mutex<Histogram<u64>>>,
     bad_stamps: Arc<AtomicU64>,
+    status: Arc<AtomicU16>,
+    tracking: Arc<AtomicBool>,
+    keys: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Sink {
@@ -46,6 +51,9 @@ impl Sink {
             recording: Arc::default(),
             hist: Arc::new(Mutex::new(crate::load::histogram())),
             bad_stamps: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
+            tracking: Arc::default(),
+            keys: Arc::default(),
         };
         let app = axum::Router::new()
             .fallback(on_request)
@@ -79,6 +87,27 @@ impl Sink {
             self.bad_stamps.store(0, Ordering::SeqCst);
         }
         self.recording.store(on, Ordering::SeqCst);
+    }
+
+    /// The status every request gets from now on (200 by default).
+    pub fn answer(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Starts collecting the distinct `Idempotency-Key`s afresh (`true`),
+    /// or stops, keeping what was collected (`false`).
+    pub fn track_keys(&self, on: bool) {
+        if on {
+            if let Ok(mut keys) = self.keys.lock() {
+                keys.clear();
+            }
+        }
+        self.tracking.store(on, Ordering::SeqCst);
+    }
+
+    /// Distinct `Idempotency-Key`s since `track_keys(true)`.
+    pub fn distinct_keys(&self) -> usize {
+        self.keys.lock().map(|k| k.len()).unwrap_or(0)
     }
 
     pub fn take_histogram(&self) -> Res<(Histogram<u64>, u64)> {
@@ -131,8 +160,15 @@ async fn on_request(State(sink): State<Sink>, headers: HeaderMap, _body: Bytes) 
             }
         }
     }
+    if sink.tracking.load(Ordering::Relaxed) {
+        if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+            if let Ok(mut keys) = sink.keys.lock() {
+                keys.insert(key.to_string());
+            }
+        }
+    }
     sink.count.fetch_add(1, Ordering::SeqCst);
-    StatusCode::OK
+    StatusCode::from_u16(sink.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK)
 }
 
 /// Entry of the child roles: `__role bare-bridge NATS_URL` or

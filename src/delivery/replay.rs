@@ -1,7 +1,7 @@
 //! Replay (SPEC section 5): dead letters delivered again to their own
-//! subscription's endpoint only, page by page with the subscription's
-//! concurrency, so memory is bounded by a page and the deliveries in flight
-//! whatever the DLQ holds.
+//! subscription's endpoint only, read one at a time as delivery slots free
+//! up and delivered with the subscription's concurrency, so memory is
+//! bounded by the deliveries in flight whatever the DLQ holds.
 //!
 //! The replay runs in a task of its own, not in the HTTP request: a client
 //! that goes away only stops it taking new dead letters; the ones in flight
@@ -23,9 +23,6 @@ use super::retry::Outcome;
 use super::{Delivery, Subscription};
 use crate::dead_letter::{self, DlqError, Failure};
 use crate::envelope::Reason;
-
-/// Dead letters read from the DLQ at a time.
-const PAGE: usize = 100;
 
 /// Which dead letters to replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,27 +176,24 @@ impl Delivery {
         // Failed replays are stored again at the end of the DLQ: stop at
         // what was there when the replay began, so none comes round twice.
         let end = self.dead_letters.last_sequence().await?;
+        // One dead letter read at a time, each handed to a delivery at once:
+        // reading goes on while earlier ones are delivered, and memory holds
+        // the deliveries in flight and nothing more.
         let mut after = 0;
         let mut taken = 0;
         while taken < limit {
-            let (page, next) = self
-                .dead_letters
-                .list(sub.name(), after, PAGE.min(limit - taken))
-                .await?;
-            for msg in page {
-                if msg.sequence > end {
-                    return Ok(());
-                }
-                after = msg.sequence;
-                let Some(slot) = slot().await else {
-                    return Ok(());
-                };
-                start(msg, slot);
-                taken += 1;
-            }
-            if next.is_none() {
+            let Some(slot) = slot().await else {
+                return Ok(());
+            };
+            let Some(msg) = self.dead_letters.next(sub.name(), after).await? else {
+                break;
+            };
+            if msg.sequence > end {
                 break;
             }
+            after = msg.sequence;
+            start(msg, slot);
+            taken += 1;
         }
         Ok(())
     }
@@ -258,7 +252,7 @@ impl Delivery {
                 return false;
             }
         }
-        if let Err(e) = self.dead_letters.delete(sub.name(), msg.sequence).await {
+        if let Err(e) = self.dead_letters.remove(msg.sequence).await {
             tracing::warn!(subscription = sub.name(), dlq_seq = msg.sequence, error = %e, "cannot remove replayed dead letter");
         }
         delivered

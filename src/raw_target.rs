@@ -1,0 +1,380 @@
+//! Raw `>` in a request's path (SPEC 6: subjects "raw or percent-encoded").
+//!
+//! `curl http://localhost:8080/v1/subjects/orders.>/messages` sends the `>`
+//! as is. hyper parses the request target with the `http` crate, whose URI
+//! grammar refuses `<`, `>` and `` ` `` and answers a bare 400 before any
+//! route runs; neither offers a lenient mode. [`RawTarget`] wraps each
+//! accepted connection and percent-encodes those three bytes in the request
+//! target of every request head before hyper reads it, which is what a
+//! browser or any URL library does anyway: the routes then see `%3E` and
+//! decode it as they decode every other escape.
+//!
+//! To find every request head on a kept-alive connection it follows the
+//! framing: a head (parsed with `httparse`, the parser hyper itself uses),
+//! then exactly `Content-Length` bytes of body, then the next head. Whatever
+//! it does not follow exactly (`Transfer-Encoding`, `Upgrade`, `CONNECT`, a
+//! missing or doubtful length, a head that does not parse or is too large)
+//! makes it step aside for the rest of the connection: bytes then pass
+//! untouched and hyper answers as it always did. Body bytes are never
+//! changed, and are copied straight into hyper's buffer.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// At most 100 header lines, as hyper allows.
+const MAX_HEADERS: usize = 100;
+
+enum State {
+    /// Reading a request head.
+    Head,
+    /// This many body bytes before the next head.
+    Body(u64),
+    /// Following no more: bytes pass as they come.
+    Aside,
+}
+
+/// A connection whose request targets get `<`, `>` and `` ` `` escaped.
+pub struct RawTarget<S> {
+    inner: S,
+    state: State,
+    /// Read but not yet handed on (a partial head, or what follows one).
+    input: BytesMut,
+    /// Ready to hand on.
+    output: BytesMut,
+    max_head: usize,
+}
+
+impl<S> RawTarget<S> {
+    /// `max_head`: the largest head hyper accepts; a longer one is handed
+    /// over as is, for hyper to refuse.
+    pub fn new(inner: S, max_head: usize) -> Self {
+        RawTarget {
+            inner,
+            state: State::Head,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            max_head,
+        }
+    }
+
+    /// Moves what `input` holds to `output` as far as the framing allows.
+    fn process(&mut self) {
+        loop {
+            match self.state {
+                State::Aside => {
+                    self.output.extend_from_slice(&self.input.split());
+                    return;
+                }
+                State::Body(n) => {
+                    let take = usize::try_from(n)
+                        .unwrap_or(usize::MAX)
+                        .min(self.input.len());
+                    if take == 0 && n > 0 {
+                        return;
+                    }
+                    self.output.extend_from_slice(&self.input.split_to(take));
+                    self.state = match n - take as u64 {
+                        0 => State::Head,
+                        left => State::Body(left),
+                    };
+                }
+                State::Head => {
+                    if self.input.is_empty() {
+                        return;
+                    }
+                    match head(&self.input) {
+                        Head::Partial if self.input.len() <= self.max_head => return,
+                        Head::Partial | Head::Unfollowed => {
+                            self.state = State::Aside;
+                        }
+                        Head::Complete { len, target, body } => {
+                            let head = self.input.split_to(len);
+                            let (start, end) = target;
+                            self.output.extend_from_slice(&head[..start]);
+                            escape(&head[start..end], &mut self.output);
+                            self.output.extend_from_slice(&head[end..]);
+                            self.state = match body {
+                                Some(0) => State::Head,
+                                Some(n) => State::Body(n),
+                                None => State::Aside,
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Head {
+    Partial,
+    /// A head this module does not follow (hyper decides about it).
+    Unfollowed,
+    Complete {
+        len: usize,
+        /// Where the target is in the head.
+        target: (usize, usize),
+        /// The body's length; `None` when it is not followed.
+        body: Option<u64>,
+    },
+}
+
+fn head(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Unfollowed,
+    };
+    let (Some(method), Some(path)) = (request.method, request.path) else {
+        return Head::Unfollowed;
+    };
+    // The target is a slice of `buf`: its offset is where it starts.
+    let start = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = (start, start + path.len());
+    let mut length: Option<u64> = None;
+    let mut follow = !method.eq_ignore_ascii_case("CONNECT");
+    for h in request.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let parsed = (!h.value.is_empty() && h.value.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(h.value).ok()?.parse::<u64>().ok())
+                .flatten();
+            match (length, parsed) {
+                (None, Some(n)) => length = Some(n),
+                _ => follow = false,
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding")
+            || h.name.eq_ignore_ascii_case("upgrade")
+        {
+            follow = false;
+        }
+    }
+    Head::Complete {
+        len,
+        target,
+        body: follow.then_some(length.unwrap_or(0)),
+    }
+}
+
+/// Copies `target` with `<`, `>` and `` ` `` percent-encoded.
+fn escape(target: &[u8], out: &mut BytesMut) {
+    for &b in target {
+        match b {
+            b'<' => out.extend_from_slice(b"%3C"),
+            b'>' => out.extend_from_slice(b"%3E"),
+            b'`' => out.extend_from_slice(b"%60"),
+            _ => out.extend_from_slice(&[b]),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for RawTarget<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.output.is_empty() {
+                let n = this.output.len().min(buf.remaining());
+                buf.put_slice(&this.output[..n]);
+                this.output.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            // A body, or a connection set aside, with nothing buffered:
+            // read straight into the caller's buffer.
+            let direct = match this.state {
+                State::Aside => Some(buf.remaining()),
+                State::Body(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                State::Head => None,
+            };
+            if let (Some(limit), true) = (direct, this.input.is_empty()) {
+                let limit = limit.min(buf.remaining());
+                let before = buf.filled().len();
+                let polled = if limit == buf.remaining() {
+                    Pin::new(&mut this.inner).poll_read(cx, buf)
+                } else {
+                    // Only the body's last bytes: `take` reads into the first
+                    // `limit` bytes, which must count as initialized for
+                    // `advance` (no unsafe here).
+                    buf.initialize_unfilled_to(limit);
+                    let mut part = buf.take(limit);
+                    let polled = Pin::new(&mut this.inner).poll_read(cx, &mut part);
+                    let n = part.filled().len();
+                    buf.advance(n);
+                    polled
+                };
+                if let Poll::Ready(Ok(())) = polled {
+                    let n = (buf.filled().len() - before) as u64;
+                    if let State::Body(left) = this.state {
+                        this.state = match left.saturating_sub(n) {
+                            0 => State::Head,
+                            left => State::Body(left),
+                        };
+                    }
+                }
+                return polled;
+            }
+            let mut chunk = [0u8; 4096];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    // End of stream: hand on what is left as it is.
+                    this.output.extend_from_slice(&this.input.split());
+                    if this.output.is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Ready(Ok(())) => {
+                    this.input.extend_from_slice(read.filled());
+                    this.process();
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for RawTarget<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// What hyper would read from `input` arriving in pieces of `piece`.
+    async fn through(input: &[u8], piece: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut wrapped = RawTarget::new(pieces(input, piece), 16 * 1024);
+        wrapped.read_to_end(&mut out).await.expect("read");
+        out
+    }
+
+    /// A reader handing out `input` `piece` bytes at a time.
+    fn pieces(input: &[u8], piece: usize) -> Pieces {
+        Pieces(input.chunks(piece.max(1)).map(<[u8]>::to_vec).collect())
+    }
+
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            if let Some(mut p) = this.0.pop_front() {
+                let n = p.len().min(buf.remaining());
+                buf.put_slice(&p[..n]);
+                if n < p.len() {
+                    p.drain(..n);
+                    this.0.push_front(p);
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn targets_are_escaped_and_bodies_pass_untouched() {
+        // A body that looks like a request head with a raw `>`, then a
+        // pipelined second request.
+        let body = b"GET /v1/x.> HTTP/1.1\r\n\r\n";
+        let mut input = Vec::new();
+        input.extend_from_slice(b"POST /v1/publish/a.> HTTP/1.1\r\nHost: x\r\nContent-Length: ");
+        input.extend_from_slice(body.len().to_string().as_bytes());
+        input.extend_from_slice(b"\r\n\r\n");
+        input.extend_from_slice(body);
+        input.extend_from_slice(b"GET /v1/subjects/<a>.`b`/messages?x=> HTTP/1.1\r\n\r\n");
+        let mut want = Vec::new();
+        want.extend_from_slice(b"POST /v1/publish/a.%3E HTTP/1.1\r\nHost: x\r\nContent-Length: ");
+        want.extend_from_slice(body.len().to_string().as_bytes());
+        want.extend_from_slice(b"\r\n\r\n");
+        want.extend_from_slice(body);
+        want.extend_from_slice(b"GET /v1/subjects/%3Ca%3E.%60b%60/messages?x=%3E HTTP/1.1\r\n\r\n");
+        for piece in [1, 2, 7, 64, 4096] {
+            assert_eq!(
+                String::from_utf8_lossy(&through(&input, piece).await),
+                String::from_utf8_lossy(&want),
+                "in pieces of {piece}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_not_followed_passes_as_it_came() {
+        let cases: [(&[u8], &[u8], &[u8]); 4] = [
+            // Chunked: the rest of the connection is not touched.
+            (
+                b"POST /a> HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST /a%3E HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"5\r\nGET /b>\r\n0\r\n\r\nGET /c> HTTP/1.1\r\n\r\n",
+            ),
+            // Two lengths.
+            (
+                b"POST /a> HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                b"POST /a%3E HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                b"xyGET /c> HTTP/1.1\r\n\r\n",
+            ),
+            // A length that is not a plain number.
+            (
+                b"POST /a> HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+                b"POST /a%3E HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+                b"xGET /c> HTTP/1.1\r\n\r\n",
+            ),
+            // Not HTTP at all.
+            (b"", b"", b"\x16\x03\x01 hello > there\r\n\r\n"),
+        ];
+        for (head, escaped, rest) in cases {
+            let input = [head, rest].concat();
+            let want = [escaped, rest].concat();
+            assert_eq!(
+                String::from_utf8_lossy(&through(&input, 3).await),
+                String::from_utf8_lossy(&want)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_head_is_handed_over_for_hyper_to_refuse() {
+        let mut input = b"GET /a> HTTP/1.1\r\nX: ".to_vec();
+        input.extend(std::iter::repeat_n(b'a', 40_000));
+        input.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(through(&input, 4096).await, input);
+    }
+}
