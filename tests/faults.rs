@@ -13,6 +13,8 @@
 //! Each scenario prints one `FAULTS|...` line with its figures (the source
 //! of RELIABILITY.md). Scenarios run one at a time: they measure timings.
 
+#[path = "partitions/checker.rs"]
+mod checker;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -160,6 +162,8 @@ async fn delivered_by(p: &Process) -> u64 {
 /// What the publishers saw.
 #[derive(Default)]
 struct Ledger {
+    /// Every try of every key, classified for the Jepsen-style checker.
+    attempts: Vec<checker::Attempt>,
     acked: HashSet<String>,
     /// Keys whose outcome stays unknown (a 504 or broken connection on a
     /// publish without id: retrying could store it twice).
@@ -268,6 +272,16 @@ async fn publish_until_answered(
         let took = started.elapsed();
         let next = {
             let mut l = ledger.lock().expect("lock");
+            let outcome = match &result {
+                Ok((status, _)) => checker::Outcome::of_status(*status),
+                // Never sent: nothing can be stored.
+                Err(e) if e.is_connect() => checker::Outcome::Failed,
+                Err(_) => checker::Outcome::Unknown,
+            };
+            l.attempts.push(checker::Attempt {
+                key: key.to_string(),
+                outcome,
+            });
             match result {
                 Ok((status, body)) => {
                     l.answered(status, took);
@@ -618,7 +632,9 @@ async fn js_client(urls: &str) -> jetstream::Context {
 }
 
 /// Every stored message of `ORDERS`, counted by key (the body).
-async fn stored_keys(js: &jetstream::Context) -> HashMap<String, usize> {
+/// Every stored key with how often it is stored, and the stream in order
+/// as (sequence, key).
+async fn stored_keys(js: &jetstream::Context) -> (HashMap<String, usize>, Vec<(u64, String)>) {
     let mut stream = within(Duration::from_secs(30), "ORDERS stream info", || async {
         let mut s = js.get_stream("ORDERS").await.ok()?;
         s.info().await.ok()?;
@@ -627,6 +643,7 @@ async fn stored_keys(js: &jetstream::Context) -> HashMap<String, usize> {
     .await;
     let state = stream.info().await.expect("stream info").state.clone();
     let mut keys = HashMap::new();
+    let mut in_order = Vec::new();
     let mut read = 0u64;
     for seq in state.first_sequence..=state.last_sequence {
         let msg = within(Duration::from_secs(30), "a stored message", || {
@@ -646,13 +663,13 @@ async fn stored_keys(js: &jetstream::Context) -> HashMap<String, usize> {
         .await;
         if let Some(msg) = msg {
             read += 1;
-            *keys
-                .entry(String::from_utf8_lossy(&msg.payload).into_owned())
-                .or_default() += 1;
+            let key = String::from_utf8_lossy(&msg.payload).into_owned();
+            *keys.entry(key.clone()).or_default() += 1;
+            in_order.push((msg.sequence, key));
         }
     }
     assert_eq!(read, state.messages, "read every stored message");
-    keys
+    (keys, in_order)
 }
 
 /// (pending, ack pending) of the subscription's consumer.
@@ -700,7 +717,7 @@ async fn account(
     expect: Expect,
 ) {
     let js = js_client(urls).await;
-    let stored = stored_keys(&js).await;
+    let (stored, in_order) = stored_keys(&js).await;
     let settled = {
         let deadline = Instant::now() + profile.settle;
         loop {
@@ -748,6 +765,17 @@ async fn account(
         endpoint(),
     );
 
+    // The same run through the partition suite's checker: every try of
+    // every key classified ok / failed / unknown.
+    let delivered_list: Vec<String> = seen
+        .iter()
+        .flat_map(|(k, n)| std::iter::repeat_n(k.clone(), *n))
+        .collect();
+    let report = checker::check(&l.attempts, &in_order, &[], &delivered_list);
+    let server = js.client().server_info().version;
+    eprintln!("{}", report.line(scenario, &server));
+    assert!(report.passed(), "checker: {report:?}");
+    assert_eq!(report.dup_stored, 0, "checker: {report:?}");
     assert!(
         l.gave_up.is_empty(),
         "publishes never answered 2xx: {:?}",
