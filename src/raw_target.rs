@@ -66,7 +66,8 @@ impl<S> RawTarget<S> {
         loop {
             match self.state {
                 State::Aside => {
-                    self.output.extend_from_slice(&self.input.split());
+                    self.output.extend_from_slice(&self.input);
+                    self.input.clear();
                     return;
                 }
                 State::Body(n) => {
@@ -76,7 +77,8 @@ impl<S> RawTarget<S> {
                     if take == 0 && n > 0 {
                         return;
                     }
-                    self.output.extend_from_slice(&self.input.split_to(take));
+                    self.output.extend_from_slice(&self.input[..take]);
+                    self.input.advance(take);
                     self.state = match n - take as u64 {
                         0 => State::Head,
                         left => State::Body(left),
@@ -92,11 +94,12 @@ impl<S> RawTarget<S> {
                             self.state = State::Aside;
                         }
                         Head::Complete { len, target, body } => {
-                            let head = self.input.split_to(len);
                             let (start, end) = target;
+                            let head = &self.input[..len];
                             self.output.extend_from_slice(&head[..start]);
                             escape(&head[start..end], &mut self.output);
                             self.output.extend_from_slice(&head[end..]);
+                            self.input.advance(len);
                             self.state = match body {
                                 Some(0) => State::Head,
                                 Some(n) => State::Body(n),
@@ -163,14 +166,17 @@ fn head(buf: &[u8]) -> Head {
 
 /// Copies `target` with `<`, `>` and `` ` `` percent-encoded.
 fn escape(target: &[u8], out: &mut BytesMut) {
-    for &b in target {
-        match b {
-            b'<' => out.extend_from_slice(b"%3C"),
-            b'>' => out.extend_from_slice(b"%3E"),
-            b'`' => out.extend_from_slice(b"%60"),
-            _ => out.extend_from_slice(&[b]),
-        }
+    let mut rest = target;
+    while let Some(i) = rest.iter().position(|b| matches!(b, b'<' | b'>' | b'`')) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(match rest[i] {
+            b'<' => b"%3C",
+            b'>' => b"%3E",
+            _ => b"%60",
+        });
+        rest = &rest[i + 1..];
     }
+    out.extend_from_slice(rest);
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for RawTarget<S> {
@@ -226,7 +232,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for RawTarget<S> {
             match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
                 Poll::Ready(Ok(())) if read.filled().is_empty() => {
                     // End of stream: hand on what is left as it is.
-                    this.output.extend_from_slice(&this.input.split());
+                    this.output.extend_from_slice(&this.input);
+                    this.input.clear();
                     if this.output.is_empty() {
                         return Poll::Ready(Ok(()));
                     }
