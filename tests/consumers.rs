@@ -514,6 +514,71 @@ async fn a_deleted_stream_is_created_again_with_its_consumer() {
     run.stop().await;
 }
 
+/// An operator deletes the stream and adds it back before jetway looks
+/// (`nats stream rm` then `nats stream add`, or another replica recreating
+/// it): the new stream starts over at sequence 1, so a consumer started
+/// after the old ack floor would skip its first events.
+#[tokio::test]
+async fn a_stream_created_anew_by_someone_else_is_read_from_its_start() {
+    let nats = Nats::start();
+    let js = nats.client().await;
+    let endpoint = Endpoint::ok().await;
+    let run = Running::start(&config_yaml(
+        &nats,
+        &format!(
+            "subscriptions:\n{}",
+            subscription("orders", "orders.>", &endpoint, "")
+        ),
+    ))
+    .await;
+    wait_ready(run.metrics).await;
+    let mut last = 0;
+    for _ in 0..3 {
+        last = publish(&js, "orders.x").await;
+    }
+    endpoint.wait_for(3).await;
+    wait_acked(&js, "test-orders", last).await;
+    // As in the deleted-consumer test: jetway's next look, which this
+    // waits for, sees the ack floor at the third.
+    post(&run, "/v1/subscriptions/orders/pause").await;
+    publish(&js, "orders.held").await;
+    eventually("jetway saw the ack floor", || async {
+        let pending = metric(&run, "jetway_consumer_pending", "orders").await;
+        let ack_pending = metric(&run, "jetway_consumer_ack_pending", "orders").await;
+        (pending + ack_pending == 1.0).then_some(())
+    })
+    .await;
+
+    js.delete_stream("ORDERS").await.expect("delete stream");
+    js.create_stream(jetstream::stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("the operator adds it back");
+    let first = publish(&js, "orders.new").await;
+    assert_eq!(first, 1, "a new stream");
+    eventually("consumer created again", || async {
+        (metric(&run, "jetway_consumer_recreated_total", "orders").await == 1.0).then_some(())
+    })
+    .await;
+    let info = consumer(&js, "test-orders").await;
+    assert_eq!(
+        info.config.deliver_policy,
+        jetstream::consumer::DeliverPolicy::All,
+        "not after the old stream's ack floor ({last})"
+    );
+    post(&run, "/v1/subscriptions/orders/resume").await;
+    wait_acked(&js, "test-orders", first).await;
+    assert_eq!(
+        subjects(&endpoint),
+        ["orders.x", "orders.x", "orders.x", "orders.new"]
+    );
+    run.wait_state("orders", "running").await;
+    run.stop().await;
+}
+
 /// SPEC 4 expects 2.9 servers to refuse a filter change; 2.9.10, like 2.15.1,
 /// changes it. This pins what the servers the tests run on do, so a server
 /// that behaves otherwise shows here first.

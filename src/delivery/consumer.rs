@@ -124,6 +124,10 @@ impl Delivery {
                 continue;
             }
             let stream = self.stream_of(sub).await?;
+            // Which stream the ack floor will belong to (see `recover`).
+            if let Ok(info) = stream.get_info().await {
+                sub.remember_stream(info.created);
+            }
             let state = self.reconcile(sub, &stream).await?;
             self.set_consumer(sub, state);
         }

@@ -40,22 +40,42 @@ impl Delivery {
                 return;
             }
         };
+        let stream = match self.js.get_stream(&stream_name).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(subscription = sub.name(), stream = %stream_name, error = %e, "cannot look the stream up yet; retrying");
+                return;
+            }
+        };
+        let info = stream.cached_info();
+        // A stream created anew (here, or by an operator or another replica
+        // between two lookups) starts over at sequence 1: the old ack floor
+        // would skip its first events, so its consumer starts from `deliver`.
+        let new_stream =
+            stream_recreated || sub.is_new_stream(info.created, info.state.last_sequence);
+        if new_stream && !stream_recreated {
+            tracing::error!(
+                subscription = sub.name(),
+                stream = %stream_name,
+                "stream {stream_name} was created anew by someone else; the events the old one held are gone; its consumer starts from `deliver`"
+            );
+        }
+        sub.remember_stream(info.created);
+        if new_stream {
+            sub.acked.store(0, Ordering::SeqCst);
+        }
+        let acked = sub.acked.load(Ordering::SeqCst);
         let mut wanted = consumer_config(&sub.config, &sub.consumer_name);
-        // A stream created anew starts over at sequence 1: its consumer
-        // starts from `deliver`.
-        if acked > 0 && !stream_recreated {
+        if acked > 0 {
             wanted.deliver_policy = DeliverPolicy::ByStartSequence {
                 start_sequence: acked + 1,
             };
             wanted.description = Some(recreated_description(&sub.config));
         }
-        let created = match self.js.get_stream_no_info(&stream_name).await {
-            Ok(stream) => stream
-                .create_consumer(wanted)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let created = stream
+            .create_consumer(wanted)
+            .await
+            .map_err(|e| e.to_string());
         match created {
             Ok(consumer) => {
                 sub.metrics.recreated.inc();

@@ -2,7 +2,7 @@
 //! its state, its live numbers, and the lag gauges.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -67,6 +67,10 @@ pub struct Subscription {
     pub(super) in_flight: AtomicI64,
     /// The consumer's ack floor (stream sequence) at the last look.
     pub(super) acked: AtomicU64,
+    /// When the stream `acked` belongs to was created: a stream of the same
+    /// name created anew (by an operator, another replica) starts over at
+    /// sequence 1, so the old ack floor means nothing there.
+    pub(super) stream_created: Mutex<Option<async_nats::datetime::DateTime>>,
     pub(super) metrics: SubscriptionMetrics,
     /// Held by the replay under way: one at a time per subscription.
     pub(super) replay_lock: tokio::sync::Mutex<()>,
@@ -92,6 +96,7 @@ impl Subscription {
             endpoint_up: AtomicBool::new(true),
             in_flight: AtomicI64::new(0),
             acked: AtomicU64::new(0),
+            stream_created: Mutex::new(None),
             replay_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -102,6 +107,38 @@ impl Subscription {
 
     pub fn stream(&self) -> Option<&str> {
         self.stream.get().map(String::as_str)
+    }
+
+    /// Notes when the subscription's stream was created; a different time
+    /// than before means a new stream, and the ack floor starts over.
+    pub(super) fn remember_stream(&self, created: async_nats::datetime::DateTime) {
+        let mut known = self
+            .stream_created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if known.is_some_and(|t| t != created) {
+            self.acked.store(0, Ordering::SeqCst);
+        }
+        *known = Some(created);
+    }
+
+    /// Whether a stream created at `created` with `last_seq` as its last
+    /// sequence is a new one, not the stream `acked` was read from.
+    pub(super) fn is_new_stream(
+        &self,
+        created: async_nats::datetime::DateTime,
+        last_seq: u64,
+    ) -> bool {
+        let known = *self
+            .stream_created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match known {
+            Some(t) => t != created,
+            // Never seen: only a stream shorter than the ack floor is
+            // surely new.
+            None => last_seq < self.acked.load(Ordering::SeqCst),
+        }
     }
 }
 
@@ -200,8 +237,10 @@ impl Delivery {
                 match state {
                     Consumer::Ready(consumer) => match consumer.get_info().await {
                         Ok(info) => {
+                            // Stored, not maxed: a consumer created anew
+                            // elsewhere (on a new stream) has a lower floor.
                             sub.acked
-                                .fetch_max(info.ack_floor.stream_sequence, Ordering::SeqCst);
+                                .store(info.ack_floor.stream_sequence, Ordering::SeqCst);
                             sub.metrics
                                 .pending
                                 .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
