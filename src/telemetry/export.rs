@@ -14,10 +14,10 @@
 //! processor runs its own thread and needs either a blocking HTTP client
 //! (which panics when built inside tokio) or an async runtime feature, and
 //! pulls reqwest and its TLS stack into a binary that already has hyper.
-//! jetway needs a handful of fixed span shapes, so it builds the
-//! `opentelemetry-proto` messages itself, encodes them with `prost` and
-//! sends them with the hyper client it already has (docs/tracing.md has the
-//! measured footprint).
+//! jetway needs a handful of fixed span shapes, so it writes the OTLP
+//! protobuf itself (`otlp.rs`, with `prost`'s wire functions) and sends it
+//! with the hyper client it already has (docs/tracing.md has the measured
+//! footprint).
 
 use std::time::Duration;
 
@@ -25,18 +25,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1 as otlp;
 use prometheus::IntCounter;
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ExportSettings;
-use super::span::{Kind, Span, Status, Value};
+use super::otlp::Preamble;
+use super::span::Span;
 use crate::metrics::Metrics;
 
 /// Most spans in one export request.
@@ -113,7 +109,7 @@ pub fn start(settings: ExportSettings, metrics: &Metrics) -> (Queue, Exporter) {
         .build(connector);
     let sender = Sender {
         client,
-        resource: resource(&settings.service_name),
+        preamble: Preamble::new(&settings.service_name),
         settings,
         exported: metrics.trace_spans_exported_total.clone(),
         failed: metrics
@@ -166,7 +162,8 @@ async fn run(mut rx: mpsc::Receiver<Span>, mut sender: Sender, stop: Cancellatio
 struct Sender {
     client: HttpClient,
     settings: ExportSettings,
-    resource: Resource,
+    /// The resource and scope every request starts with.
+    preamble: Preamble,
     exported: IntCounter,
     failed: IntCounter,
     /// Whether the last export failed (one warning per outage, not per batch).
@@ -179,7 +176,8 @@ impl Sender {
             return;
         }
         let n = spans.len() as u64;
-        let body = encode(&self.resource, spans);
+        let body = self.preamble.encode(&spans);
+        drop(spans);
         let mut request = hyper::Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = hyper::Method::POST;
         *request.uri_mut() = self.settings.url.clone();
@@ -228,139 +226,5 @@ impl Sender {
                 }
             }
         }
-    }
-}
-
-fn string(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_string())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn resource(service_name: &str) -> Resource {
-    Resource {
-        attributes: vec![
-            string("service.name", service_name),
-            string("telemetry.sdk.name", "jetway"),
-            string("telemetry.sdk.language", "rust"),
-            string("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-        ],
-        ..Default::default()
-    }
-}
-
-/// One span as OTLP (moved, not copied: export is the span's end).
-pub fn to_otlp(span: Span) -> otlp::Span {
-    let kind = match span.kind {
-        Kind::Producer => otlp::span::SpanKind::Producer,
-        Kind::Consumer => otlp::span::SpanKind::Consumer,
-    };
-    let status = match span.status {
-        Status::Unset => None,
-        Status::Error(message) => Some(otlp::Status {
-            message,
-            code: otlp::status::StatusCode::Error as i32,
-        }),
-    };
-    otlp::Span {
-        trace_id: span.context.trace_id.to_vec(),
-        span_id: span.context.span_id.to_vec(),
-        trace_state: span.trace_state.unwrap_or_default(),
-        parent_span_id: span.parent.map(|p| p.to_vec()).unwrap_or_default(),
-        // Low byte: the W3C trace flags; bit 8: whether the parent is remote.
-        flags: u32::from(span.context.flags)
-            | 0x100
-            | if span.parent_is_remote { 0x200 } else { 0 },
-        name: span.name,
-        kind: kind as i32,
-        start_time_unix_nano: span.start,
-        end_time_unix_nano: span.end.max(span.start),
-        attributes: span
-            .attributes
-            .into_iter()
-            .map(|(key, value)| KeyValue {
-                key: key.to_string(),
-                value: Some(AnyValue {
-                    value: Some(match value {
-                        Value::Static(s) => any_value::Value::StringValue(s.to_string()),
-                        Value::Str(s) => any_value::Value::StringValue(s),
-                        Value::Int(n) => any_value::Value::IntValue(n),
-                    }),
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        status,
-        ..Default::default()
-    }
-}
-
-/// The protobuf body of one export request.
-pub fn encode(resource: &Resource, spans: Vec<Span>) -> Vec<u8> {
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![otlp::ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![otlp::ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "jetway".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                spans: spans.into_iter().map(to_otlp).collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    request.encode_to_vec()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::telemetry::span::SpanContext;
-
-    #[test]
-    fn encodes_what_a_collector_decodes() {
-        let span = Span {
-            context: SpanContext {
-                trace_id: [1; 16],
-                span_id: [2; 8],
-                flags: 1,
-            },
-            parent: Some([3; 8]),
-            parent_is_remote: true,
-            trace_state: Some("a=b".into()),
-            kind: Kind::Consumer,
-            name: "process emails".into(),
-            attributes: vec![
-                ("messaging.system", "nats".into()),
-                ("messaging.nats.sequence", Value::Int(7)),
-            ],
-            start: 10,
-            end: 20,
-            status: Status::Error("boom".into()),
-        };
-        let body = encode(&resource("orders"), vec![span]);
-        let decoded = ExportTraceServiceRequest::decode(body.as_slice()).expect("decodes");
-        let rs = &decoded.resource_spans[0];
-        let service = &rs.resource.as_ref().expect("resource").attributes[0];
-        assert_eq!(service.key, "service.name");
-        let s = &rs.scope_spans[0].spans[0];
-        assert_eq!(s.trace_id, vec![1; 16]);
-        assert_eq!(s.parent_span_id, vec![3; 8]);
-        assert_eq!(s.kind, otlp::span::SpanKind::Consumer as i32);
-        assert_eq!(s.name, "process emails");
-        assert_eq!(s.trace_state, "a=b");
-        assert_eq!(s.flags, 0x301);
-        assert_eq!(s.attributes.len(), 2);
-        assert_eq!(
-            s.status.as_ref().map(|st| st.code),
-            Some(otlp::status::StatusCode::Error as i32)
-        );
     }
 }

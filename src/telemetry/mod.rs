@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod export;
+mod otlp;
 pub mod sampler;
 pub mod span;
 pub mod throttle;

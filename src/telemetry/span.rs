@@ -41,12 +41,19 @@ impl SpanContext {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
+/// Lower-case hex digits (a table, not `format!`: this runs for every
+/// traced publish and delivery).
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut s, bytes);
     s
 }
 
@@ -93,12 +100,14 @@ pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
 
 /// Formats a context as a version-00 `traceparent`.
 pub fn format_traceparent(ctx: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        hex(&ctx.trace_id),
-        hex(&ctx.span_id),
-        ctx.flags
-    )
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    push_hex(&mut s, &ctx.trace_id);
+    s.push('-');
+    push_hex(&mut s, &ctx.span_id);
+    s.push('-');
+    push_hex(&mut s, &[ctx.flags]);
+    s
 }
 
 /// Parses a W3C `tracestate` into its list members (`key=value`), in
