@@ -298,6 +298,32 @@ pub async fn ensure_stream(
     }
 }
 
+/// Creates a configured stream again if the server no longer has it
+/// (deleted by an operator or a tool; SPEC 4): `true` when it did. Logged
+/// at ERROR: the events it held are gone with it.
+pub async fn restore_stream(
+    js: &jetstream::Context,
+    config: &StreamConfig,
+) -> Result<bool, ProvisionError> {
+    match js.get_stream(&config.name).await {
+        Ok(_) => Ok(false),
+        Err(e) if is_stream_not_found(&e) => {
+            tracing::error!(
+                stream = %config.name,
+                "stream {} is gone, and the events it held with it; creating it again",
+                config.name
+            );
+            ensure_stream(js, wanted_stream(config)).await?;
+            Ok(true)
+        }
+        // Not known to be gone: the caller tries again later.
+        Err(source) => Err(ProvisionError::Lookup {
+            stream: config.name.clone(),
+            source,
+        }),
+    }
+}
+
 fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
         e.kind(),

@@ -164,6 +164,8 @@ async fn delivered_by(p: &Process) -> u64 {
 struct Ledger {
     /// Every try of every key, classified for the Jepsen-style checker.
     attempts: Vec<checker::Attempt>,
+    /// When each of `attempts` was sent and when its outcome was known.
+    spans: Vec<(Instant, Instant)>,
     acked: HashSet<String>,
     /// Keys whose outcome stays unknown (a 504 or broken connection on a
     /// publish without id: retrying could store it twice).
@@ -282,6 +284,7 @@ async fn publish_until_answered(
                 key: key.to_string(),
                 outcome,
             });
+            l.spans.push((started, started + took));
             match result {
                 Ok((status, body)) => {
                     l.answered(status, took);
@@ -668,7 +671,11 @@ async fn stored_keys(js: &jetstream::Context) -> (HashMap<String, usize>, Vec<(u
             in_order.push((msg.sequence, key));
         }
     }
-    assert_eq!(read, state.messages, "read every stored message");
+    assert_eq!(
+        read, state.messages,
+        "read every stored message of {:?}",
+        state
+    );
     (keys, in_order)
 }
 
@@ -702,6 +709,76 @@ struct Expect {
     connection_errors: bool,
     /// Most duplicates the endpoint may see.
     max_duplicates: usize,
+    /// The stream was deleted in this window (sent, answered): what it
+    /// held is gone by design, so only what was published after counts.
+    deleted: Option<(Instant, Instant)>,
+}
+
+/// What the publishers saw, as far as the stream read at the end can
+/// tell: all of it, or after a deletion only the keys tried since.
+struct Counted {
+    attempts: Vec<checker::Attempt>,
+    acked: HashSet<String>,
+    unknown: HashSet<String>,
+    /// Keys left out: every try was over before the deletion was sent.
+    before: usize,
+}
+
+impl Counted {
+    fn of(l: &Ledger, deleted: Option<(Instant, Instant)>) -> Counted {
+        let Some((sent, done)) = deleted else {
+            return Counted {
+                attempts: l.attempts.clone(),
+                acked: l.acked.clone(),
+                unknown: l.unknown.clone(),
+                before: 0,
+            };
+        };
+        let tries = l.attempts.iter().zip(&l.spans);
+        // A key counts when one of its tries was still open at the
+        // deletion or came after it.
+        let counted: HashSet<&str> = tries
+            .clone()
+            .filter(|(_, (_, ended))| *ended >= sent)
+            .map(|(a, _)| a.key.as_str())
+            .collect();
+        let mut c = Counted {
+            attempts: Vec::new(),
+            acked: HashSet::new(),
+            unknown: HashSet::new(),
+            before: l
+                .attempts
+                .iter()
+                .map(|a| a.key.as_str())
+                .collect::<HashSet<_>>()
+                .difference(&counted)
+                .count(),
+        };
+        for (a, (started, _)) in tries {
+            if !counted.contains(a.key.as_str()) {
+                continue;
+            }
+            let mut a = a.clone();
+            // A 2xx sent before the deletion was answered may have been
+            // stored in the old stream: whether the new one has it is
+            // unknown.
+            if a.outcome == checker::Outcome::Ok {
+                if *started >= done {
+                    c.acked.insert(a.key.clone());
+                } else {
+                    a.outcome = checker::Outcome::Unknown;
+                    c.unknown.insert(a.key.clone());
+                }
+            }
+            c.attempts.push(a);
+        }
+        for key in &l.unknown {
+            if counted.contains(key.as_str()) {
+                c.unknown.insert(key.clone());
+            }
+        }
+        c
+    }
 }
 
 /// Waits for delivery to finish, then checks and prints the figures.
@@ -737,8 +814,9 @@ async fn account(
     let backlog = consumer_backlog(&js).await;
     let seen = processed.snapshot();
     let l = ledger.lock().expect("lock");
+    let counted = Counted::of(&l, expect.deleted);
 
-    let acked_lost: Vec<&String> = l
+    let acked_lost: Vec<&String> = counted
         .acked
         .iter()
         .filter(|k| !stored.contains_key(*k))
@@ -747,7 +825,9 @@ async fn account(
     let undelivered: Vec<&String> = stored.keys().filter(|k| !seen.contains_key(*k)).collect();
     let strangers: Vec<&String> = stored
         .keys()
-        .filter(|k| !l.acked.contains(*k) && !l.unknown.contains(*k) && !l.gave_up.contains(k))
+        .filter(|k| {
+            !counted.acked.contains(*k) && !counted.unknown.contains(*k) && !l.gave_up.contains(k)
+        })
         .collect();
     let stored_total: usize = stored.values().sum();
     let delivered = stored.keys().filter(|k| seen.contains_key(*k)).count();
@@ -755,14 +835,21 @@ async fn account(
     let lost = acked_lost.len() + undelivered.len();
     let outcomes: Vec<String> = l.outcomes.iter().map(|(k, v)| format!("{k}:{v}")).collect();
     eprintln!(
-        "FAULTS|{scenario}|{}|{}|{faults}|acked={}|stored={stored_total}|delivered={delivered}|lost={lost}|duplicates={duplicates}|dead_letters={dlq}|unknown={}|answers={}|max_answer_ms={}|endpoint: {}",
+        "FAULTS|{scenario}|{}|{}|{faults}|acked={}|stored={stored_total}|delivered={delivered}|lost={lost}|duplicates={duplicates}|dead_letters={dlq}|unknown={}|answers={}|max_answer_ms={}|endpoint: {}{}",
         profile.name,
         profile.load(),
-        l.acked.len(),
-        l.unknown.len(),
+        counted.acked.len(),
+        counted.unknown.len(),
         outcomes.join(","),
         l.max_answer.as_millis(),
         endpoint(),
+        match expect.deleted {
+            Some(_) => format!(
+                "; {} keys done before the deletion are not counted",
+                counted.before
+            ),
+            None => String::new(),
+        },
     );
 
     // The same run through the partition suite's checker: every try of
@@ -771,7 +858,7 @@ async fn account(
         .iter()
         .flat_map(|(k, n)| std::iter::repeat_n(k.clone(), *n))
         .collect();
-    let report = checker::check(&l.attempts, &in_order, &[], &delivered_list);
+    let report = checker::check(&counted.attempts, &in_order, &[], &delivered_list);
     let server = js.client().server_info().version;
     eprintln!("{}", report.line(scenario, &server));
     assert!(report.passed(), "checker: {report:?}");
@@ -938,7 +1025,29 @@ impl Rig {
             Expect {
                 connection_errors,
                 max_duplicates: dup_bound(self.profile, faults),
+                deleted: None,
             },
+        )
+        .await;
+    }
+
+    /// [`account`] with what the scenario expects spelt out.
+    async fn account_as(
+        &self,
+        scenario: &str,
+        description: &str,
+        endpoint: &dyn Fn() -> String,
+        expect: Expect,
+    ) {
+        account(
+            scenario,
+            description,
+            self.profile,
+            &self.nats.url(),
+            &self.ledger,
+            &self.processed,
+            endpoint,
+            expect,
         )
         .await;
     }
@@ -1103,6 +1212,7 @@ async fn s4_cluster_leader_killed() {
         Expect {
             connection_errors: false,
             max_duplicates: dup_bound(profile, kills),
+            deleted: None,
         },
     )
     .await;
@@ -1299,6 +1409,114 @@ async fn s8_replica_killed() {
         1,
     )
     .await;
+}
+
+/// How often jetway counted `s1`'s consumer created again.
+async fn consumers_recreated(p: &Process) -> f64 {
+    p.metric("jetway_consumer_recreated_total", &[("subscription", "s1")])
+        .await
+}
+
+/// Waits until jetway created the consumer again; how long that took.
+async fn wait_recreated(jetway: &Process, since: Instant) -> Duration {
+    within(
+        Duration::from_secs(60),
+        "jetway_consumer_recreated_total 1",
+        || async { (consumers_recreated(jetway).await >= 1.0).then(|| since.elapsed()) },
+    )
+    .await
+}
+
+/// 9. The durable consumer deleted mid-load, as `nats consumer rm` does
+///    (SPEC 4): jetway notices, creates it again after the ack floor it
+///    last read (a few seconds old while it delivers), and nothing stored
+///    is skipped. What was acknowledged after that read is delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s9_consumer_deleted() {
+    let _serial = SERIAL.lock().await;
+    let profile = profile();
+    let rig = Rig::new(profile);
+    let endpoint = rig.quick_endpoint().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let jetway = spawn_ready(&yaml).await;
+    let load = rig.load("s9", &Target::new(&[api_url(&jetway)]));
+
+    rig.wait_part(0, 1).await;
+    let js = js_client(&rig.nats.url()).await;
+    // At most these are delivered again, and what was in flight.
+    let processed_before = rig.processed.snapshot().len();
+    let deleted = Instant::now();
+    js.get_stream_no_info("ORDERS")
+        .await
+        .expect("stream")
+        .delete_consumer(CONSUMER)
+        .await
+        .expect("delete the consumer");
+    let took = wait_recreated(&jetway, deleted).await;
+    load.await.expect("load");
+    rig.account_as(
+        "9 consumer deleted",
+        &format!(
+            "CONSUMER.DELETE mid-load; created again after {:.1} s",
+            took.as_secs_f64()
+        ),
+        &|| requests(&endpoint),
+        Expect {
+            connection_errors: false,
+            max_duplicates: processed_before + 64,
+            deleted: None,
+        },
+    )
+    .await;
+    assert_eq!(
+        consumers_recreated(&jetway).await,
+        1.0,
+        "created again once"
+    );
+}
+
+/// 10. The ORDERS stream deleted mid-load, as `nats stream rm` does
+///     (SPEC 4): what it held is gone by design; jetway creates the stream
+///     and its consumer again, publishes answer 503 meanwhile and work
+///     after, and everything stored in the new stream is delivered. Only
+///     keys tried since the deletion are counted; a 2xx to a try that
+///     began before the deletion was answered counts as unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s10_stream_deleted() {
+    let _serial = SERIAL.lock().await;
+    let profile = profile();
+    let rig = Rig::new(profile);
+    let endpoint = rig.quick_endpoint().await;
+    let yaml = rig.yaml(&endpoint.url("/e"), "");
+    let jetway = spawn_ready(&yaml).await;
+    let load = rig.load("s10", &Target::new(&[api_url(&jetway)]));
+
+    rig.wait_part(0, 1).await;
+    let js = js_client(&rig.nats.url()).await;
+    let sent = Instant::now();
+    js.delete_stream("ORDERS").await.expect("delete the stream");
+    let done = Instant::now();
+    let took = wait_recreated(&jetway, sent).await;
+    load.await.expect("load");
+    rig.account_as(
+        "10 stream deleted",
+        &format!(
+            "STREAM.DELETE mid-load; stream and consumer created again after {:.1} s",
+            took.as_secs_f64()
+        ),
+        &|| requests(&endpoint),
+        Expect {
+            connection_errors: false,
+            max_duplicates: dup_bound(profile, 1),
+            deleted: Some((sent, done)),
+        },
+    )
+    .await;
+    assert_eq!(
+        consumers_recreated(&jetway).await,
+        1.0,
+        "created again once"
+    );
 }
 
 /// The soak (issue 15, by hand): steady publish and delivery load for

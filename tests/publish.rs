@@ -565,6 +565,39 @@ async fn stopped_nats_is_503_and_publishing_resumes_after_restart() {
     s.stop().await;
 }
 
+/// An operator deletes a configured stream (`nats stream rm`) of a sidecar
+/// that only publishes (no subscription notices it): the publishes find it
+/// gone and create it again (SPEC 4). One with an Idempotency-Key is
+/// resent into the new stream within its deadline; one without is refused
+/// with 503 (nothing stored) until the stream is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_is_created_again_by_the_publishes() {
+    let (nats, s) = start_sidecar("").await;
+    assert_eq!(post(&s, "orders.x", &[], &b"1"[..]).await.status, 200);
+    let js = nats.client().await;
+
+    js.delete_stream("ORDERS").await.expect("delete the stream");
+    let a = post(&s, "orders.x", &[("idempotency-key", "k1")], &b"2"[..]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.seq(), 1, "stored in a new stream: {}", a.body);
+    assert_eq!(stored(&nats, 1).await.payload.as_ref(), b"2");
+
+    js.delete_stream("ORDERS").await.expect("delete it again");
+    let a = post(&s, "orders.x", &[], &b"3"[..]).await;
+    a.assert_error(503, "nats_unavailable");
+    let a = eventually("a publish without id stored again", || {
+        let s = &s;
+        async move {
+            let a = post(s, "orders.x", &[], &b"4"[..]).await;
+            (a.status == 200).then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(a.seq(), 1, "stored in a new stream: {}", a.body);
+    assert_eq!(stored(&nats, 1).await.payload.as_ref(), b"4");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_idempotency_key_is_stored_once() {
     let (nats, s) = start_sidecar("").await;

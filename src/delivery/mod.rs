@@ -88,6 +88,8 @@ pub struct Delivery {
     tracer: Tracer,
     /// `dead_letter.stream`, for the dead-letter span's name.
     dlq_stream: String,
+    /// A pull said a consumer may be gone: look the consumers up now.
+    look_up_consumers: tokio::sync::Notify,
 }
 
 impl Delivery {
@@ -124,6 +126,7 @@ impl Delivery {
             replays: TaskTracker::new(),
             tracer,
             dlq_stream: config.dead_letter.stream.clone(),
+            look_up_consumers: tokio::sync::Notify::new(),
         })
     }
 

@@ -57,6 +57,9 @@ pub enum Pulled {
     /// The request ended before it was filled: expired (`None`), or ended
     /// by the server or lost (the reason).
     Ended(Option<String>),
+    /// The server says the consumer may be gone: "Consumer Deleted" for an
+    /// open request, no responders for a new one (the reason).
+    ConsumerGone(String),
     /// The subscription is gone (the client was closed).
     Closed,
 }
@@ -267,9 +270,15 @@ impl Puller {
                     self.end();
                     self.idle = false;
                     let why = message.description.unwrap_or_default();
-                    return Pulled::Ended(Some(format!(
-                        "pull ended by the server: {status} {why}"
-                    )));
+                    let reason = format!("pull ended by the server: {status} {why}");
+                    let gone = status == StatusCode::NO_RESPONDERS
+                        || (status == StatusCode::REQUEST_TERMINATED
+                            && why.eq_ignore_ascii_case("consumer deleted"));
+                    return if gone {
+                        Pulled::ConsumerGone(reason)
+                    } else {
+                        Pulled::Ended(Some(reason))
+                    };
                 }
             }
         }

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 
 use super::consumer::{consumer_config, recreated_description};
 use super::subscription::Consumer;
@@ -33,7 +33,7 @@ impl Delivery {
         let Some(stream_name) = sub.stream().map(str::to_string) else {
             return;
         };
-        let stream_recreated = match self.recreate_stream(sub, &stream_name).await {
+        let stream_recreated = match self.recreate_stream(&stream_name).await {
             Ok(recreated) => recreated,
             Err(e) => {
                 tracing::warn!(subscription = sub.name(), stream = %stream_name, error = %e, "cannot put the stream back yet; retrying");
@@ -93,37 +93,12 @@ impl Delivery {
         }
     }
 
-    /// Creates a configured stream that is gone; `true` when it did.
-    async fn recreate_stream(
-        &self,
-        sub: &Subscription,
-        name: &str,
-    ) -> Result<bool, nats::ProvisionError> {
-        let Some(config) = self.configured_streams.iter().find(|s| s.name == name) else {
-            return Ok(false);
-        };
-        match self.js.get_stream(name).await {
-            Ok(_) => Ok(false),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
-                tracing::error!(
-                    subscription = sub.name(),
-                    stream = name,
-                    "stream {name} is gone, and the events it held with it; creating it again"
-                );
-                nats::ensure_stream(&self.js, nats::wanted_stream(config)).await?;
-                Ok(true)
-            }
-            // Not known to be gone: try again at the next refresh.
-            Err(e) => Err(nats::ProvisionError::Lookup {
-                stream: name.to_string(),
-                source: e,
-            }),
+    /// Creates a configured stream that is gone (logged at ERROR); `true`
+    /// when it did.
+    async fn recreate_stream(&self, name: &str) -> Result<bool, nats::ProvisionError> {
+        match self.configured_streams.iter().find(|s| s.name == name) {
+            Some(config) => nats::restore_stream(&self.js, config).await,
+            None => Ok(false),
         }
     }
 }

@@ -18,6 +18,14 @@ use crate::metrics::{Metrics, SubscriptionMetrics};
 /// gone noticed (SPEC: within 10 s). Each lookup is two NATS messages per
 /// subscription, the larger part of what an idle one costs.
 const LAG_REFRESH: Duration = Duration::from_secs(10);
+/// How often a subscription that delivered since its last lookup is looked
+/// up: its ack floor is where a lost consumer starts again, so what was
+/// acknowledged since is delivered again; this bounds it to a few seconds
+/// of deliveries. An idle subscription keeps to `LAG_REFRESH`.
+const BUSY_REFRESH: Duration = Duration::from_secs(2);
+/// Least time between two lookups a pull asked for (a consumer that is
+/// gone makes every pull say so until it is back).
+const LOOK_UP_PAUSE: Duration = Duration::from_secs(1);
 
 /// What `/v1/subscriptions` reports as `state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,6 +73,8 @@ pub struct Subscription {
     pub(super) paused: watch::Sender<bool>,
     pub(super) endpoint_up: AtomicBool,
     pub(super) in_flight: AtomicI64,
+    /// Whether a delivery began since the last lookup of the consumer.
+    pub(super) busy: AtomicBool,
     /// The consumer's ack floor (stream sequence) at the last look.
     pub(super) acked: AtomicU64,
     /// When the stream `acked` belongs to was created: a stream of the same
@@ -95,6 +105,7 @@ impl Subscription {
             paused: watch::Sender::new(false),
             endpoint_up: AtomicBool::new(true),
             in_flight: AtomicI64::new(0),
+            busy: AtomicBool::new(false),
             acked: AtomicU64::new(0),
             stream_created: Mutex::new(None),
             replay_lock: tokio::sync::Mutex::new(()),
@@ -149,6 +160,7 @@ impl<'a> InFlight<'a> {
     pub(super) fn new(sub: &'a Subscription) -> Self {
         sub.metrics.in_flight.inc();
         sub.in_flight.fetch_add(1, Ordering::SeqCst);
+        sub.busy.store(true, Ordering::Relaxed);
         InFlight(sub)
     }
 }
@@ -221,19 +233,41 @@ impl Delivery {
     }
 
     /// Keeps the lag gauges current, remembers each consumer's ack floor,
-    /// and notices a consumer that is gone (within `LAG_REFRESH`).
+    /// and notices a consumer that is gone: within `LAG_REFRESH`, or at once
+    /// when a pull says it may be (`look_up_consumers`).
     pub(super) async fn refresh_lag(self: Arc<Self>) {
         // A fixed period, however long the lookups take, so each
-        // subscription is looked up every `LAG_REFRESH`.
-        let mut every = tokio::time::interval(LAG_REFRESH);
+        // subscription is looked up every `LAG_REFRESH` (`BUSY_REFRESH`
+        // while it delivers).
+        let mut every = tokio::time::interval(BUSY_REFRESH);
+        let mut looked_at = vec![None::<tokio::time::Instant>; self.subscriptions.len()];
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut asked_at: Option<tokio::time::Instant> = None;
         loop {
-            tokio::select! {
-                _ = every.tick() => {}
+            // A pull asked: every consumer is looked up.
+            let asked = tokio::select! {
+                _ = every.tick() => false,
+                _ = self.look_up_consumers.notified() => {
+                    if let Some(at) = asked_at {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at + LOOK_UP_PAUSE) => {}
+                            _ = self.stop.cancelled() => return,
+                        }
+                    }
+                    asked_at = Some(tokio::time::Instant::now());
+                    true
+                }
                 _ = self.stop.cancelled() => return,
-            }
-            for sub in &self.subscriptions {
+            };
+            let now = tokio::time::Instant::now();
+            for (sub, looked) in self.subscriptions.iter().zip(looked_at.iter_mut()) {
+                let busy = sub.busy.swap(false, Ordering::Relaxed);
+                let due = asked || busy || looked.is_none_or(|at| now >= at + LAG_REFRESH);
                 let state = sub.consumer.borrow().clone();
+                if !due && matches!(state, Consumer::Ready(_)) {
+                    continue;
+                }
+                *looked = Some(now);
                 match state {
                     Consumer::Ready(consumer) => match consumer.get_info().await {
                         Ok(info) => {

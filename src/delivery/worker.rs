@@ -101,6 +101,14 @@ impl Delivery {
                         break;
                     }
                 }
+                puller::Pulled::ConsumerGone(why) => {
+                    // Looked up now rather than at the next refresh.
+                    tracing::debug!(subscription = sub.name(), reason = %why, "the consumer may be gone; looking it up");
+                    self.look_up_consumers.notify_one();
+                    if !self.back_off(&mut fetch_delay).await {
+                        break;
+                    }
+                }
                 puller::Pulled::Closed => {
                     tracing::warn!(
                         subscription = sub.name(),

@@ -103,6 +103,14 @@ impl Publisher {
             } else {
                 Duration::ZERO
             };
+            // No responders for a configured stream: if it was deleted, it
+            // is created again now, and the resend below stores into it.
+            if err.kind() == PublishErrorKind::StreamNotFound && msg.has_id {
+                let stream = self.stream_label(&msg.subject);
+                if stream != UNKNOWN_STREAM {
+                    self.streams.restore(stream).await;
+                }
+            }
             // A resend needs time left for its answer; one cut short by the
             // deadline would turn a definite answer (404) into an unknown (504).
             let retryable = msg.has_id
@@ -144,12 +152,18 @@ impl Publisher {
             PublishErrorKind::StreamNotFound
                 if self.stream_label(&msg.subject) != UNKNOWN_STREAM =>
             {
+                let stream = self.stream_label(&msg.subject);
+                // Or it is gone (deleted): then it is created again.
+                let restored = self.streams.restore(stream).await;
                 if maybe_stored {
                     ApiError::Timeout(self.request_timeout)
+                } else if restored {
+                    ApiError::NatsUnavailable(format!(
+                        "stream {stream} was gone (deleted?) and has been created again; nothing was stored: retry"
+                    ))
                 } else {
                     ApiError::NatsUnavailable(format!(
-                        "stream {} is not answering (no leader?); nothing was stored",
-                        self.stream_label(&msg.subject)
+                        "stream {stream} is not answering (no leader, or deleted: then jetway creates it again); nothing was stored"
                     ))
                 }
             }

@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, context::GetStreamByNameErrorKind};
 
 use crate::config::StreamConfig;
 use crate::error::ApiError;
-use crate::subject;
+use crate::{nats, subject};
 
 /// How long "a stream captures this subject" is trusted without asking again.
 pub const FOUND_FOR: Duration = Duration::from_secs(30);
@@ -28,6 +28,9 @@ pub const FOUND_FOR: Duration = Duration::from_secs(30);
 pub const MISS_FOR: Duration = Duration::from_secs(2);
 /// Most subjects remembered at once.
 const MAX_SUBJECTS: usize = 4096;
+/// How often a configured stream that does not answer publishes is looked
+/// up, to create it again if it is gone.
+const RESTORE_EVERY: Duration = Duration::from_secs(1);
 
 /// Answers of the server by subject: whether a stream captured it, when.
 #[derive(Default)]
@@ -75,6 +78,9 @@ pub struct Streams {
     /// One lookup on the server at a time: a burst of publishes to a new
     /// subject asks once, the others find its answer in the cache.
     lookup: tokio::sync::Mutex<()>,
+    /// When a configured stream was last looked up because it did not
+    /// answer; one publish at a time does it.
+    restoring: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Streams {
@@ -84,6 +90,7 @@ impl Streams {
             js,
             cache: RwLock::default(),
             lookup: tokio::sync::Mutex::new(()),
+            restoring: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -137,6 +144,30 @@ impl Streams {
             Err(e) => Err(ApiError::NatsUnavailable(format!(
                 "cannot ask NATS which stream captures {subject}: {e}; nothing was sent"
             ))),
+        }
+    }
+
+    /// A configured stream did not answer a publish ("no responders"):
+    /// creates it again if the server no longer has it (SPEC 4), so a
+    /// sidecar that only publishes recovers too. One publish looks, once a
+    /// second at most; the others go on. `true` when this call created it.
+    pub async fn restore(&self, name: &str) -> bool {
+        let Some(config) = self.configured.iter().find(|s| s.name == name) else {
+            return false;
+        };
+        let Ok(mut last) = self.restoring.try_lock() else {
+            return false;
+        };
+        if last.is_some_and(|at| at.elapsed() < RESTORE_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        match nats::restore_stream(&self.js, config).await {
+            Ok(restored) => restored,
+            Err(e) => {
+                tracing::debug!(stream = name, error = %e, "cannot look the stream up");
+                false
+            }
         }
     }
 

@@ -221,10 +221,7 @@ impl Preamble {
 
     /// The body of one `ExportTraceServiceRequest` holding `spans`.
     pub fn encode(&self, spans: &[Span]) -> Vec<u8> {
-        let spans_len: usize = spans
-            .iter()
-            .map(|s| delimited_len(2, span_len(s)))
-            .sum();
+        let spans_len: usize = spans.iter().map(|s| delimited_len(2, span_len(s))).sum();
         let scope_spans_len = self.scope.len() + spans_len;
         let resource_spans_len = self.resource.len() + delimited_len(2, scope_spans_len);
         let mut buf = Vec::with_capacity(delimited_len(1, resource_spans_len));
