@@ -194,7 +194,8 @@ impl Delivery {
             request::build(env, &target, OffsetDateTime::now_utc(), span.span_id_u64());
         // With export on, the endpoint's parent is this attempt's span.
         if let Some(tp) = span.traceparent() {
-            if let Ok(v) = hyper::header::HeaderValue::from_str(&tp) {
+            // From the String itself: no copy.
+            if let Ok(v) = hyper::header::HeaderValue::try_from(tp) {
                 request.headers_mut().insert("traceparent", v);
             }
         }
@@ -252,8 +253,8 @@ impl Delivery {
         self.tracer.process(
             &env.headers,
             &spans::Delivery {
-                subscription: sub.name(),
-                consumer: &sub.consumer_name,
+                span_name: &sub.span_name,
+                consumer: &sub.consumer_shared,
                 subject: &env.subject,
                 stream: &env.stream,
                 sequence: env.sequence,

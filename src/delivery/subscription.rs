@@ -68,6 +68,9 @@ impl Consumer {
 pub struct Subscription {
     pub config: SubscriptionConfig,
     pub consumer_name: String,
+    /// `consumer_name` and `process {name}`, shared by its spans.
+    pub(super) consumer_shared: Arc<str>,
+    pub(super) span_name: Arc<str>,
     pub(super) stream: OnceLock<String>,
     pub(super) consumer: watch::Sender<Consumer>,
     pub(super) paused: watch::Sender<bool>,
@@ -99,6 +102,8 @@ impl Subscription {
             header,
             metrics,
             consumer_name: format!("{app_id}-{}", config.name),
+            consumer_shared: Arc::from(format!("{app_id}-{}", config.name)),
+            span_name: Arc::from(format!("process {}", config.name)),
             config,
             stream: OnceLock::new(),
             consumer: watch::Sender::new(Consumer::Missing),

@@ -2,6 +2,7 @@
 //! `tracestate`) as pure functions: what jetway records of a publish or a
 //! delivery attempt before it is encoded for OTLP (`export.rs`).
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The sampled bit of the trace flags.
@@ -41,20 +42,21 @@ impl SpanContext {
     }
 }
 
-/// Lower-case hex digits (a table, not `format!`: this runs for every
-/// traced publish and delivery).
-fn push_hex(s: &mut String, bytes: &[u8]) {
+/// Lower-case hex digits, as bytes (a table, not `format!`: this runs for
+/// every traced publish and delivery; one UTF-8 check at the end is cheaper
+/// than a `char` push per digit).
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut s, bytes);
-    s
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -100,14 +102,14 @@ pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
 
 /// Formats a context as a version-00 `traceparent`.
 pub fn format_traceparent(ctx: &SpanContext) -> String {
-    let mut s = String::with_capacity(55);
-    s.push_str("00-");
-    push_hex(&mut s, &ctx.trace_id);
-    s.push('-');
-    push_hex(&mut s, &ctx.span_id);
-    s.push('-');
-    push_hex(&mut s, &[ctx.flags]);
-    s
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
+    push_hex(&mut out, &ctx.trace_id);
+    out.push(b'-');
+    push_hex(&mut out, &ctx.span_id);
+    out.push(b'-');
+    push_hex(&mut out, &[ctx.flags]);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Parses a W3C `tracestate` into its list members (`key=value`), in
@@ -188,7 +190,28 @@ pub enum Value {
     /// A fixed value (`nats`, `send`...): no allocation per span.
     Static(&'static str),
     Str(String),
+    /// One string shared by the spans of a subscription (its consumer, its
+    /// span name): a reference count, no allocation per span.
+    Shared(Arc<str>),
     Int(i64),
+}
+
+impl Value {
+    /// The string, or "" for a number.
+    pub fn text(&self) -> &str {
+        match self {
+            Value::Static(s) => s,
+            Value::Str(s) => s,
+            Value::Shared(s) => s,
+            Value::Int(_) => "",
+        }
+    }
+}
+
+impl From<Arc<str>> for Value {
+    fn from(s: Arc<str>) -> Self {
+        Value::Shared(s)
+    }
 }
 
 impl From<&str> for Value {
@@ -232,7 +255,7 @@ pub struct Span {
     /// The `tracestate` that came with the context, untouched.
     pub trace_state: Option<String>,
     pub kind: Kind,
-    pub name: String,
+    pub name: Value,
     pub attributes: Vec<(&'static str, Value)>,
     /// Nanoseconds since the Unix epoch.
     pub start: u64,

@@ -39,9 +39,10 @@ impl Open {
 
 /// The facts of one delivery attempt a process span records.
 pub struct Delivery<'a> {
-    pub subscription: &'a str,
+    /// `process {subscription}`.
+    pub span_name: &'a Arc<str>,
     /// The durable consumer (`<app_id>-<subscription>`).
-    pub consumer: &'a str,
+    pub consumer: &'a Arc<str>,
     pub subject: &'a str,
     pub stream: &'a str,
     pub sequence: u64,
@@ -119,7 +120,7 @@ impl Tracer {
                     parent_is_remote: true,
                     trace_state: header(headers, "tracestate").map(str::to_string),
                     kind: Kind::Producer,
-                    name: String::new(),
+                    name: Value::Static(""),
                     attributes,
                     start: span::now_nanos(),
                     end: 0,
@@ -149,7 +150,7 @@ impl Tracer {
             attributes.push(("messaging.operation.type", Value::Static("process")));
             attributes.push(("messaging.operation.name", Value::Static("process")));
             attributes.push(("messaging.destination.name", d.subject.into()));
-            attributes.push(("messaging.consumer.group.name", d.consumer.into()));
+            attributes.push(("messaging.consumer.group.name", d.consumer.clone().into()));
             attributes.push(("messaging.nats.stream", d.stream.into()));
             attributes.push(("messaging.nats.sequence", d.sequence.into()));
             attributes.push(("messaging.nats.delivery_attempt", d.attempt.into()));
@@ -164,7 +165,7 @@ impl Tracer {
                     parent_is_remote: true,
                     trace_state: header(stored, "tracestate").map(str::to_string),
                     kind: Kind::Consumer,
-                    name: format!("process {}", d.subscription),
+                    name: d.span_name.clone().into(),
                     attributes,
                     start: span::now_nanos(),
                     end: 0,
@@ -207,7 +208,7 @@ impl Tracer {
                     parent_is_remote: false,
                     trace_state: open.span.trace_state.clone(),
                     kind: Kind::Producer,
-                    name: format!("publish {dlq_stream}"),
+                    name: Value::Str(format!("publish {dlq_stream}")),
                     attributes,
                     start: span::now_nanos(),
                     end: 0,
@@ -236,8 +237,8 @@ impl PublishSpan {
     /// (a bounded kind, e.g. `timeout`).
     pub fn end(self, stream: &str, seq: Option<u64>, error: Option<&str>) {
         let Some(mut open) = self.open else { return };
-        if open.span.name.is_empty() {
-            open.span.name = format!("publish {stream}");
+        if open.span.name.text().is_empty() {
+            open.span.name = Value::Str(format!("publish {stream}"));
             open.span
                 .attributes
                 .push(("messaging.nats.stream", stream.into()));
