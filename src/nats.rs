@@ -298,13 +298,24 @@ pub async fn ensure_stream(
     }
 }
 
+/// How long a stream or consumer the server said it does not know must
+/// stay unknown before jetway creates it again: a server restoring its
+/// state after a restart answers "not found" for a moment.
+pub const CONFIRM_GONE: Duration = Duration::from_secs(2);
+
 /// Creates a configured stream again if the server no longer has it
-/// (deleted by an operator or a tool; SPEC 4): `true` when it did. Logged
-/// at ERROR: the events it held are gone with it.
+/// (deleted by an operator or a tool; SPEC 4), asked twice
+/// [`CONFIRM_GONE`] apart: `true` when it did. Logged at ERROR: the events
+/// it held are gone with it.
 pub async fn restore_stream(
     js: &jetstream::Context,
     config: &StreamConfig,
 ) -> Result<bool, ProvisionError> {
+    let gone = |r: &Result<_, jetstream::context::GetStreamError>| matches!(r, Err(e) if is_stream_not_found(e));
+    if !gone(&js.get_stream(&config.name).await) {
+        return Ok(false);
+    }
+    tokio::time::sleep(CONFIRM_GONE).await;
     match js.get_stream(&config.name).await {
         Ok(_) => Ok(false),
         Err(e) if is_stream_not_found(&e) => {

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::Delivery;
 use crate::config::SubscriptionConfig;
 use crate::metrics::{Metrics, SubscriptionMetrics};
+use crate::nats;
 
 /// How often consumer lag is read for the metrics, and a consumer that is
 /// gone noticed (SPEC: within 10 s). Each lookup is two NATS messages per
@@ -294,7 +295,21 @@ impl Delivery {
                                     | ConsumerInfoErrorKind::StreamNotFound
                             ) =>
                         {
-                            self.recover(sub).await
+                            // A server restoring its state after a restart
+                            // says "not found" for a moment: gone only if a
+                            // second look says so too.
+                            tokio::select! {
+                                _ = tokio::time::sleep(nats::CONFIRM_GONE) => {}
+                                _ = self.stop.cancelled() => return,
+                            }
+                            let again = consumer.get_info().await;
+                            if matches!(&again, Err(e) if matches!(
+                                e.kind(),
+                                ConsumerInfoErrorKind::NotFound
+                                    | ConsumerInfoErrorKind::StreamNotFound
+                            )) {
+                                self.recover(sub).await
+                            }
                         }
                         Err(_) => {}
                     },

@@ -104,11 +104,11 @@ impl Publisher {
                 Duration::ZERO
             };
             // No responders for a configured stream: if it was deleted, it
-            // is created again now, and the resend below stores into it.
-            if err.kind() == PublishErrorKind::StreamNotFound && msg.has_id {
+            // is created again in the background (a resend may find it).
+            if err.kind() == PublishErrorKind::StreamNotFound {
                 let stream = self.stream_label(&msg.subject);
                 if stream != UNKNOWN_STREAM {
-                    self.streams.restore(stream).await;
+                    self.streams.restore(stream);
                 }
             }
             // A resend needs time left for its answer; one cut short by the
@@ -153,14 +153,8 @@ impl Publisher {
                 if self.stream_label(&msg.subject) != UNKNOWN_STREAM =>
             {
                 let stream = self.stream_label(&msg.subject);
-                // Or it is gone (deleted): then it is created again.
-                let restored = self.streams.restore(stream).await;
                 if maybe_stored {
                     ApiError::Timeout(self.request_timeout)
-                } else if restored {
-                    ApiError::NatsUnavailable(format!(
-                        "stream {stream} was gone (deleted?) and has been created again; nothing was stored: retry"
-                    ))
                 } else {
                     ApiError::NatsUnavailable(format!(
                         "stream {stream} is not answering (no leader, or deleted: then jetway creates it again); nothing was stored"

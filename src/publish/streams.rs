@@ -13,7 +13,7 @@
 //! every few seconds.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::GetStreamByNameErrorKind};
@@ -79,8 +79,8 @@ pub struct Streams {
     /// subject asks once, the others find its answer in the cache.
     lookup: tokio::sync::Mutex<()>,
     /// When a configured stream was last looked up because it did not
-    /// answer; one publish at a time does it.
-    restoring: tokio::sync::Mutex<Option<Instant>>,
+    /// answer; held by the lookup under way.
+    restoring: Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
 
 impl Streams {
@@ -90,7 +90,7 @@ impl Streams {
             js,
             cache: RwLock::default(),
             lookup: tokio::sync::Mutex::new(()),
-            restoring: tokio::sync::Mutex::new(None),
+            restoring: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 
@@ -148,27 +148,29 @@ impl Streams {
     }
 
     /// A configured stream did not answer a publish ("no responders"):
-    /// creates it again if the server no longer has it (SPEC 4), so a
-    /// sidecar that only publishes recovers too. One publish looks, once a
-    /// second at most; the others go on. `true` when this call created it.
-    pub async fn restore(&self, name: &str) -> bool {
+    /// looks it up in the background and creates it again if the server
+    /// no longer has it (SPEC 4), so a sidecar that only publishes recovers
+    /// too. Never waits: the publish goes on as it would have. One lookup
+    /// at a time, once a second at most.
+    pub fn restore(&self, name: &str) {
         let Some(config) = self.configured.iter().find(|s| s.name == name) else {
-            return false;
+            return;
         };
         let Ok(mut last) = self.restoring.try_lock() else {
-            return false;
+            return;
         };
         if last.is_some_and(|at| at.elapsed() < RESTORE_EVERY) {
-            return false;
+            return;
         }
         *last = Some(Instant::now());
-        match nats::restore_stream(&self.js, config).await {
-            Ok(restored) => restored,
-            Err(e) => {
-                tracing::debug!(stream = name, error = %e, "cannot look the stream up");
-                false
+        let (js, config, guard) = (self.js.clone(), config.clone(), self.restoring.clone());
+        tokio::spawn(async move {
+            // Held until done: no second lookup meanwhile.
+            let _one = guard.lock().await;
+            if let Err(e) = nats::restore_stream(&js, &config).await {
+                tracing::debug!(stream = %config.name, error = %e, "cannot look the stream up");
             }
-        }
+        });
     }
 
     /// Forgets that a stream captured `subject` (it did not answer a
