@@ -118,7 +118,12 @@ impl Tracer {
                     context: ctx,
                     parent: parent.map(|p| p.span_id),
                     parent_is_remote: true,
-                    trace_state: header(headers, "tracestate").map(str::to_string),
+                    // Without a parent there is no tracestate to keep
+                    // (W3C: it goes with a valid traceparent only), and no
+                    // lookup is spent on it.
+                    trace_state: parent
+                        .and_then(|_| header(headers, "tracestate"))
+                        .map(str::to_string),
                     kind: Kind::Producer,
                     name: Value::Static(""),
                     attributes,
@@ -163,7 +168,9 @@ impl Tracer {
                     context: ctx,
                     parent: parent.map(|p| p.span_id),
                     parent_is_remote: true,
-                    trace_state: header(stored, "tracestate").map(str::to_string),
+                    trace_state: parent
+                        .and_then(|_| header(stored, "tracestate"))
+                        .map(str::to_string),
                     kind: Kind::Consumer,
                     name: d.span_name.clone().into(),
                     attributes,
