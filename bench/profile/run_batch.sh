@@ -3,10 +3,11 @@
 set -e
 OUT=${OUT:-/tmp/jetway-prof}; export OUT; mkdir -p "$OUT"
 HERE=$(cd "$(dirname "$0")" && pwd); cp "$HERE"/*.lua "$HERE"/sink.py "$OUT"/
-python3 -c "
-import base64,sys
-d=base64.b64encode(b'b'*16384).decode()
-sys.stdout.write(''.join('{\\"subject\\":\\"pub.b\\",\\"data_base64\\":\\"%s\\"}\\n'%d for _ in range(100)))" > "$OUT/batch16k.ndjson"
+python3 - > "$OUT/batch16k.ndjson" <<'PY'
+import base64, sys
+d = base64.b64encode(b'b' * 16384).decode()
+sys.stdout.write(''.join('{"subject":"pub.b","data_base64":"%s"}\n' % d for _ in range(100)))
+PY
 WHAT=$1; C=$2
 PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 STORE=$(mktemp -d)
