@@ -19,7 +19,15 @@ use crate::load::{self, Stop};
 use crate::procs::{self, usage, Jetway, Nats};
 use crate::{Ctx, Res};
 
-const CONNS: usize = 64;
+/// Connections of the burst; `JETWAY_BENCH_MEMORY_CONNS` for another count
+/// (e.g. 1, to compare two builds' batch cost where nothing overlaps).
+fn conns() -> usize {
+    std::env::var("JETWAY_BENCH_MEMORY_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&c| c > 0)
+        .unwrap_or(64)
+}
 const ITEMS: usize = 100;
 const PAYLOAD: usize = 16 * 1024;
 const AFTER: Duration = Duration::from_secs(15);
@@ -94,7 +102,7 @@ async fn measure(setup: &Setup, round: usize, burst: Duration) -> Res<MemoryRow>
         duration: burst,
         max_requests: None,
     };
-    let run = load::http_closed(&jetway.api, CONNS, stop, make).await?;
+    let run = load::http_closed(&jetway.api, conns(), stop, make).await?;
     let loaded = usage(pid)?;
     tokio::time::sleep(AFTER).await;
     let after = usage(pid)?;
@@ -131,9 +139,10 @@ pub async fn run(quick: bool) -> Res<()> {
         .unwrap_or(if quick { 1 } else { 2 });
     let burst = Duration::from_secs(if quick { 2 } else { 8 });
     eprintln!(
-        "jetway bench, memory: {} setups x {rounds} rounds, {} s bursts of {ITEMS} x 16 KiB batches on {CONNS} connections",
+        "jetway bench, memory: {} setups x {rounds} rounds, {} s bursts of {ITEMS} x 16 KiB batches on {} connections",
         setups.len(),
-        burst.as_secs()
+        burst.as_secs(),
+        conns()
     );
     let mut rows = Vec::new();
     for round in 0..rounds {
@@ -148,10 +157,11 @@ pub async fn run(quick: bool) -> Res<()> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "- when: {}; jetway at {}; {rounds} rounds, {} s bursts; load average before / after: {load_before} / {}\n",
+        "- when: {}; jetway at {}; {rounds} rounds, {} s bursts on {} connections; load average before / after: {load_before} / {}\n",
         crate::report::now_rfc3339(),
         crate::report::git_describe(),
         burst.as_secs(),
+        conns(),
         procs::loadavg()
     );
     let _ = writeln!(s, "| setup | environment | idle RSS | peak RSS | RSS 15 s after | batches/s | CPU ms per batch |");
@@ -195,11 +205,16 @@ pub async fn run(quick: bool) -> Res<()> {
         .join("bench")
         .join("results");
     std::fs::create_dir_all(&dir).ctx("creating bench/results")?;
-    let stem = if quick { "memory-quick" } else { "memory" };
+    let stem = match (quick, conns()) {
+        (true, _) => "memory-quick".to_string(),
+        (false, 64) => "memory".to_string(),
+        (false, c) => format!("memory-c{c}"),
+    };
     let json = serde_json::to_string_pretty(&serde_json::json!({ "setups": setups, "rows": rows }))
         .ctx("serialising the memory results")?;
     std::fs::write(dir.join(format!("{stem}.json")), json + "\n").ctx("writing memory.json")?;
-    if !quick {
+    // Only the reference setup (64 connections) replaces the section.
+    if !quick && conns() == 64 {
         crate::report::replace_section(BEGIN, END, &s)?;
         println!("updated BENCHMARKS.md (memory section)");
     }
