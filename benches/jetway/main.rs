@@ -21,6 +21,7 @@ mod procs;
 mod replay;
 mod report;
 mod roles;
+mod scaling;
 mod sidecar;
 mod traces;
 mod typed;
@@ -320,6 +321,11 @@ async fn bench(plan: Plan) -> Res<()> {
     // allocator setup.
     if alone("memory") {
         return memory::run(plan.quick).await;
+    }
+    // How cost grows with message size, connections and rate: a
+    // nats-server and a jetway configured for 1 MiB messages.
+    if alone("scaling") {
+        return scaling::run(plan.quick).await;
     }
     let started = Instant::now();
     let load_before = procs::loadavg();

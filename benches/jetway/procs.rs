@@ -34,6 +34,23 @@ pub async fn wait_port(port: u16, what: &str, deadline: Duration) -> Res<()> {
     }
 }
 
+/// The nats-server binary and its version.
+fn nats_bin() -> Res<(PathBuf, String)> {
+    let bin = jetway::dev::find_nats_server().ok_or_else(|| {
+        "nats-server not found: put it on PATH (apt-get install nats-server) or set NATS_SERVER_BIN".to_string()
+    })?;
+    let out = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .ctx("running nats-server --version")?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let version = version
+        .strip_prefix("nats-server: ")
+        .unwrap_or(&version)
+        .to_string();
+    Ok((bin, version))
+}
+
 /// A nats-server with JetStream in its own folder.
 pub struct Nats {
     pub child: Child,
@@ -47,18 +64,7 @@ pub struct Nats {
 
 impl Nats {
     pub async fn start() -> Res<Nats> {
-        let bin = jetway::dev::find_nats_server().ok_or_else(|| {
-            "nats-server not found: put it on PATH (apt-get install nats-server) or set NATS_SERVER_BIN".to_string()
-        })?;
-        let out = std::process::Command::new(&bin)
-            .arg("--version")
-            .output()
-            .ctx("running nats-server --version")?;
-        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let version = version
-            .strip_prefix("nats-server: ")
-            .unwrap_or(&version)
-            .to_string();
+        let (bin, version) = nats_bin()?;
         let store = tempfile::Builder::new()
             .prefix("jetway-bench-nats-")
             .tempdir()
@@ -74,6 +80,46 @@ impl Nats {
             .kill_on_drop(true)
             .spawn()
             .ctx("spawning nats-server")?;
+        wait_port(port, "nats-server", Duration::from_secs(20)).await?;
+        wait_port(monitor, "nats-server monitoring", Duration::from_secs(20)).await?;
+        Ok(Nats {
+            child,
+            port,
+            monitor,
+            bin,
+            version,
+            _store: store,
+        })
+    }
+
+    /// A nats-server started from a config file: the same listener,
+    /// monitoring port and JetStream store as [`Nats::start`], plus `extra`
+    /// lines (e.g. `max_payload: 8MB`).
+    pub async fn start_with(extra: &str) -> Res<Nats> {
+        let (bin, version) = nats_bin()?;
+        let store = tempfile::Builder::new()
+            .prefix("jetway-bench-nats-")
+            .tempdir()
+            .ctx("creating the nats store folder")?;
+        let port = free_port()?;
+        let monitor = free_port()?;
+        let conf = store.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{monitor}\"\n{extra}\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+                store.path().join("js").display()
+            ),
+        )
+        .ctx("writing the nats-server config")?;
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .ctx("spawning nats-server with a config")?;
         wait_port(port, "nats-server", Duration::from_secs(20)).await?;
         wait_port(monitor, "nats-server monitoring", Duration::from_secs(20)).await?;
         Ok(Nats {
