@@ -467,7 +467,7 @@ mod tests {
         assert_eq!(back.sequence, 9);
         assert_eq!(back.attempt, 4);
         assert_eq!(back.published, env.published);
-        assert_eq!(back.idempotency_key(), "m1");
+        assert_eq!(back.idempotency_key().to_string(), "m1");
         assert_eq!(
             back.headers.get("Content-Type").map(|v| v.as_str()),
             Some("text/plain")

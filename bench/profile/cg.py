@@ -47,3 +47,12 @@ if mode=='callees':
     print('callees of', pat)
     for g,c in cc.most_common(top):
         print(f'{c:>14,} {100*c/total:6.2f}%  {g[:170]}')
+if mode=='callers':
+    # python3 cg.py FILE TOP callers SUBSTRING: who calls functions matching SUBSTRING, inclusive cost of those calls
+    pat=sys.argv[4]
+    cc=collections.Counter()
+    for (f,g),c in callc.items():
+        if pat in g and f!=g: cc[f]+=c
+    print('callers of', pat)
+    for f,c in cc.most_common(top):
+        print(f'{c:>14,} {100*c/total:6.2f}%  {f[:170]}')

@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, message::AckKind};
 use http_body_util::BodyExt;
 use time::OffsetDateTime;
 
+use super::connections::SendError;
 use super::request::{self, Target};
 use super::retry::{self, Action, Outcome};
 use super::{Delivery, Subscription, HAND_BACK_DELAY};
@@ -177,75 +178,68 @@ impl Delivery {
         }
     }
 
-    /// POSTs the envelope once and reads the answer.
+    /// The POST of one attempt (SPEC section 4).
+    pub(super) fn request(
+        &self,
+        sub: &Subscription,
+        env: &Envelope,
+        span: &ProcessSpan,
+    ) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+        let target = Target {
+            endpoint: &sub.target,
+            host: sub.host.as_ref(),
+            subscription: &sub.header,
+            stream: sub.stream_header.get(),
+            signing_secret: sub.config.signing_secret.as_ref(),
+            callback_token: self.app.callback_token.as_ref(),
+        };
+        // The attempt's context, from the String itself: no copy.
+        let traceparent = span
+            .traceparent()
+            .and_then(|tp| hyper::header::HeaderValue::try_from(tp).ok());
+        request::build(env, &target, OffsetDateTime::now_utc(), traceparent)
+    }
+
+    /// Sends `request` on one of the subscription's connections and reads
+    /// the answer: status, `Retry-After` and the start of the body.
+    pub(super) async fn send(
+        &self,
+        sub: &Subscription,
+        request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+    ) -> Result<Answer, SendError> {
+        let (response, connection) = sub.connections.send(request).await?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+        let (body, whole) = read_start(response.into_body()).await;
+        // A body not read to its end leaves the connection unusable.
+        if whole {
+            sub.connections.put_back(connection);
+        }
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
+    }
+
+    /// POSTs the envelope once, within the subscription's timeout, and
+    /// reads the answer.
     pub(super) async fn call(
         &self,
         sub: &Subscription,
         env: &Envelope,
         span: &ProcessSpan,
     ) -> Attempt {
-        let target = Target {
-            endpoint: &sub.config.endpoint,
-            subscription: &sub.header,
-            signing_secret: sub.config.signing_secret.as_ref(),
-            callback_token: self.app.callback_token.as_ref(),
-        };
-        let mut request =
-            request::build(env, &target, OffsetDateTime::now_utc(), span.span_id_u64());
-        // With export on, the endpoint's parent is this attempt's span.
-        if let Some(tp) = span.traceparent() {
-            // From the String itself: no copy.
-            if let Ok(v) = hyper::header::HeaderValue::try_from(tp) {
-                request.headers_mut().insert("traceparent", v);
-            }
-        }
         let started = Instant::now();
-        let timeout = sub.config.timeout;
-        let result = tokio::time::timeout(timeout, async {
-            let response = self.http.request(request).await?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(hyper::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-            let body = read_start(response.into_body()).await;
-            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body))
-        })
-        .await;
-        sub.metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Err(_) => Attempt {
-                outcome: Outcome::Timeout,
-                status: None,
-                error: format!("no answer within {timeout:?}"),
-            },
-            Ok(Err(e)) if e.is_connect() => Attempt {
-                outcome: Outcome::Refused,
-                status: None,
-                error: format!(
-                    "cannot connect to {}: {}",
-                    sub.config.endpoint,
-                    error_chain(&e)
-                ),
-            },
-            Ok(Err(e)) => Attempt {
-                outcome: Outcome::Failed,
-                status: None,
-                error: format!("request failed: {}", error_chain(&e)),
-            },
-            Ok(Ok((code, retry_after, body))) => Attempt {
-                outcome: Outcome::Status { code, retry_after },
-                status: Some(code),
-                error: if body.is_empty() {
-                    format!("HTTP {code}")
-                } else {
-                    format!("HTTP {code}: {body}")
-                },
-            },
-        }
+        let request = self.request(sub, env, span);
+        let answer = tokio::time::timeout(sub.config.timeout, self.send(sub, request))
+            .await
+            .ok();
+        attempt(sub, started, answer)
     }
 
     /// The span of one delivery attempt (SPEC section 10).
@@ -261,6 +255,64 @@ impl Delivery {
                 attempt: env.attempt,
             },
         )
+    }
+}
+
+/// What an endpoint answered.
+pub(super) struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    /// The first KiB of the body, as text.
+    body: String,
+}
+
+/// The attempt that began at `started`: `None` when the timeout ran out
+/// first. Observes the endpoint's response time.
+pub(super) fn attempt(
+    sub: &Subscription,
+    started: Instant,
+    answer: Option<Result<Answer, SendError>>,
+) -> Attempt {
+    sub.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    match answer {
+        None => Attempt {
+            outcome: Outcome::Timeout,
+            status: None,
+            error: format!("no answer within {:?}", sub.config.timeout),
+        },
+        Some(Err(e)) if e.is_connect() => Attempt {
+            outcome: Outcome::Refused,
+            status: None,
+            error: format!(
+                "cannot connect to {}: {}",
+                sub.config.endpoint,
+                error_chain(&e)
+            ),
+        },
+        Some(Err(e)) => Attempt {
+            outcome: Outcome::Failed,
+            status: None,
+            error: format!("request failed: {}", error_chain(&e)),
+        },
+        Some(Ok(Answer {
+            status: code,
+            retry_after,
+            body,
+        })) => Attempt {
+            outcome: Outcome::Status { code, retry_after },
+            status: Some(code),
+            // What a failure is logged and dead-lettered with; a success
+            // needs no text.
+            error: if (200..300).contains(&code) {
+                String::new()
+            } else if body.is_empty() {
+                format!("HTTP {code}")
+            } else {
+                format!("HTTP {code}: {body}")
+            },
+        },
     }
 }
 
@@ -305,22 +357,25 @@ pub(super) fn envelope(msg: &mut jetstream::Message) -> Result<Envelope, async_n
 }
 
 /// Reads up to `MAX_RESPONSE_BODY` of a response and returns the first KiB
-/// as text (for dead letters).
-pub(super) async fn read_start(mut body: hyper::body::Incoming) -> String {
+/// as text (for dead letters), and whether the body was read to its end.
+pub(super) async fn read_start(mut body: hyper::body::Incoming) -> (String, bool) {
     let mut start = Vec::new();
     let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
+    let whole = loop {
+        let Some(frame) = body.frame().await else {
+            break true;
+        };
+        let Ok(frame) = frame else { break false };
         if let Some(data) = frame.data_ref() {
             total += data.len();
             let room = dead_letter::MAX_ERROR_LEN.saturating_sub(start.len());
             start.extend_from_slice(&data[..data.len().min(room)]);
         }
         if total > MAX_RESPONSE_BODY {
-            break;
+            break false;
         }
-    }
-    String::from_utf8_lossy(&start).trim().to_string()
+    };
+    (String::from_utf8_lossy(&start).trim().to_string(), whole)
 }
 
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {

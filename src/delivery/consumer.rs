@@ -143,7 +143,7 @@ impl Delivery {
             Some(name) => name.to_string(),
             None => {
                 let name = self.resolve_stream(sub).await?;
-                let _ = sub.stream.set(name.clone());
+                sub.set_stream(name.clone());
                 name
             }
         };

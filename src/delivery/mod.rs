@@ -12,6 +12,7 @@
 //! while it waits for a slot and while the endpoint works on it.
 
 mod attempt;
+mod connections;
 mod consumer;
 mod endpoint;
 mod puller;

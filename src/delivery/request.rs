@@ -6,15 +6,14 @@ use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
-use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Uri};
 use sha2::Sha256;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::{Secret, SigningSecret};
-use crate::envelope::Envelope;
-use crate::publish::headers::is_valid_traceparent;
+use crate::envelope::{Envelope, IdempotencyKey};
 
 /// Whether a stored header goes to the endpoint as it is. NATS control
 /// headers and jetway's own are not passed through.
@@ -32,20 +31,6 @@ fn passes_through(name: &str) -> bool {
         || is("host")
         || is("authorization")
         || is("idempotency-key"))
-}
-
-/// `traceparent` with the same trace and a new span id (this delivery is a
-/// new span in the trace).
-pub fn child_traceparent(parent: &str, span: u64) -> Option<String> {
-    if !is_valid_traceparent(parent) {
-        return None;
-    }
-    let mut parts = parent.split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    parts.next()?;
-    let flags = parts.next()?;
-    Some(format!("{version}-{trace}-{:016x}-{flags}", span.max(1)))
 }
 
 /// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` (Standard Webhooks).
@@ -66,13 +51,36 @@ pub fn sign(secret: &SigningSecret, id: &str, timestamp: i64, body: &[u8]) -> St
     )
 }
 
-/// What a request needs beyond the message.
+/// What a request needs beyond the message: per subscription, built once.
 pub struct Target<'a> {
     pub endpoint: &'a Uri,
+    /// `Host` of the endpoint (hyper's client would format it anew for
+    /// every request).
+    pub host: Option<&'a HeaderValue>,
     /// `Jetway-Subscription`: the subscription's name.
     pub subscription: &'a HeaderValue,
+    /// `Jetway-Stream` of the subscription's stream, once known: used when
+    /// the message comes from that stream (always, but for a replay of a
+    /// dead letter from another).
+    pub stream: Option<&'a HeaderValue>,
     pub signing_secret: Option<&'a SigningSecret>,
     pub callback_token: Option<&'a Secret>,
+}
+
+/// `Host` for requests to `endpoint`, as hyper's client writes it: the host,
+/// and the port unless it is the scheme's default.
+pub fn host_header(endpoint: &Uri) -> Option<HeaderValue> {
+    let host = endpoint.host()?;
+    let default_port = match endpoint.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    match endpoint.port_u16() {
+        Some(port) if port != default_port => {
+            HeaderValue::from_str(&format!("{host}:{port}")).ok()
+        }
+        _ => HeaderValue::from_str(host).ok(),
+    }
 }
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -86,28 +94,38 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
-/// Headers jetway sets on every request, plus room for some of the app's.
-const HEADER_CAPACITY: usize = 24;
+/// Headers jetway sets on every request (the `Jetway-*` ones, `Host`,
+/// `Idempotency-Key`, `Content-Type`, `traceparent`, `Content-Length`).
+const OWN_HEADERS: usize = 12;
 
-fn insert(headers: &mut hyper::HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
+fn insert(headers: &mut hyper::HeaderMap, name: HeaderName, value: &[u8]) {
+    if let Ok(v) = HeaderValue::from_bytes(value) {
         headers.insert(name, v);
     }
 }
 
-/// Builds the POST for one attempt. `now` is the signing time, `span` the
-/// new span id.
+/// Writes `args` into a buffer on the stack and returns what was written:
+/// header values made of a few numbers and names need no `String`.
+fn on_stack<'b>(buf: &'b mut [u8; 64], args: std::fmt::Arguments<'_>) -> Option<&'b [u8]> {
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    std::io::Write::write_fmt(&mut cursor, args).ok()?;
+    let n = usize::try_from(cursor.position()).ok()?;
+    buf.get(..n)
+}
+
+/// Builds the POST for one attempt. `now` is the signing time;
+/// `traceparent` the attempt's span context, when the message has one.
 pub fn build(
     env: &Envelope,
     target: &Target<'_>,
     now: OffsetDateTime,
-    span: u64,
+    traceparent: Option<HeaderValue>,
 ) -> Request<Full<Bytes>> {
     let mut request = Request::new(Full::new(env.payload.clone()));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = target.endpoint.clone();
     let headers = request.headers_mut();
-    headers.reserve(HEADER_CAPACITY);
+    headers.reserve(OWN_HEADERS + env.headers.len());
 
     for (name, values) in env.headers.iter() {
         let name_str: &str = name.as_ref();
@@ -123,31 +141,48 @@ pub fn build(
             }
         }
     }
-    if let Some(tp) = env
-        .headers
-        .get("traceparent")
-        .and_then(|p| child_traceparent(p.as_str(), span))
-    {
-        insert(headers, TRACEPARENT, &tp);
+    if let Some(host) = target.host {
+        headers.insert(HOST, host.clone());
     }
+    if let Some(tp) = traceparent {
+        headers.insert(TRACEPARENT, tp);
+    }
+    let mut buf = [0u8; 64];
     let key = env.idempotency_key();
     headers.insert(SUBSCRIPTION, target.subscription.clone());
-    insert(headers, SUBJECT, &env.subject);
-    insert(headers, STREAM, &env.stream);
+    insert(headers, SUBJECT, env.subject.as_bytes());
+    match target.stream {
+        Some(stream) if stream.as_bytes() == env.stream.as_bytes() => {
+            headers.insert(STREAM, stream.clone());
+        }
+        _ => insert(headers, STREAM, env.stream.as_bytes()),
+    }
     headers.insert(SEQUENCE, HeaderValue::from(env.sequence));
     headers.insert(ATTEMPT, HeaderValue::from(env.attempt));
-    if let Ok(published) = env.published.format(&Rfc3339) {
-        insert(headers, PUBLISHED_AT, &published);
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if env.published.format_into(&mut cursor, &Rfc3339).is_ok() {
+        let n = usize::try_from(cursor.position()).unwrap_or(0);
+        if let Some(published) = buf.get(..n) {
+            insert(headers, PUBLISHED_AT, published);
+        }
     }
-    insert(headers, IDEMPOTENCY_KEY, &key);
+    match key {
+        IdempotencyKey::Id(id) => insert(headers, IDEMPOTENCY_KEY, id.as_bytes()),
+        IdempotencyKey::Position(..) => {
+            if let Some(v) = on_stack(&mut buf, format_args!("{key}")) {
+                insert(headers, IDEMPOTENCY_KEY, v);
+            }
+        }
+    }
     if let Some(secret) = target.signing_secret {
+        let key = key.to_string();
         let ts = now.unix_timestamp();
-        insert(headers, WEBHOOK_ID, &key);
+        insert(headers, WEBHOOK_ID, key.as_bytes());
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
         insert(
             headers,
             WEBHOOK_SIGNATURE,
-            &sign(secret, &key, ts, &env.payload),
+            sign(secret, &key, ts, &env.payload).as_bytes(),
         );
     }
     if let Some(token) = target.callback_token {
@@ -194,23 +229,32 @@ mod tests {
     fn request_carries_every_spec_header() {
         let uri: Uri = "http://127.0.0.1:8080/events".parse().expect("uri");
         let token = Secret::new("cb");
+        let host = host_header(&uri).expect("host");
         let target = Target {
             endpoint: &uri,
+            host: Some(&host),
             subscription: &HeaderValue::from_static("emails"),
+            stream: Some(&HeaderValue::from_static("ORDERS")),
             signing_secret: None,
             callback_token: Some(&token),
         };
-        let req = build(&envelope(), &target, OffsetDateTime::UNIX_EPOCH, 0xabc);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01";
+        let req = build(
+            &envelope(),
+            &target,
+            OffsetDateTime::UNIX_EPOCH,
+            Some(HeaderValue::from_static(tp)),
+        );
         let h = req.headers();
         let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
         assert_eq!(req.method(), Method::POST);
+        assert_eq!(get("host"), "127.0.0.1:8080");
         assert_eq!(get("content-type"), "application/json");
         assert_eq!(get("ce-id"), "7");
         assert_eq!(get("x-tenant"), "acme");
-        assert_eq!(
-            get("traceparent"),
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01"
-        );
+        // The attempt's context, never the stored one.
+        assert_eq!(h.get_all("traceparent").iter().count(), 1);
+        assert_eq!(get("traceparent"), tp);
         assert_eq!(get("jetway-subscription"), "emails");
         assert_eq!(get("jetway-subject"), "orders.created");
         assert_eq!(get("jetway-stream"), "ORDERS");
@@ -225,10 +269,61 @@ mod tests {
     }
 
     #[test]
+    fn a_message_of_another_stream_names_its_own() {
+        // A replayed dead letter names the stream it was first stored in.
+        let uri: Uri = "http://127.0.0.1:8080/events".parse().expect("uri");
+        let secret = SigningSecret(b"key".to_vec());
+        let target = Target {
+            endpoint: &uri,
+            host: None,
+            subscription: &HeaderValue::from_static("emails"),
+            stream: Some(&HeaderValue::from_static("OTHER")),
+            signing_secret: Some(&secret),
+            callback_token: None,
+        };
+        let mut env = envelope();
+        env.headers = async_nats::HeaderMap::new();
+        env.published = time::macros::datetime!(2026-01-02 03:04:05.123456789 UTC);
+        let req = build(&env, &target, OffsetDateTime::UNIX_EPOCH, None);
+        let h = req.headers();
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert_eq!(get("jetway-stream"), "ORDERS");
+        assert_eq!(get("jetway-published-at"), "2026-01-02T03:04:05.123456789Z");
+        assert_eq!(get("content-type"), "application/octet-stream");
+        assert!(h.get("traceparent").is_none());
+        assert!(h.get("host").is_none(), "left to the client");
+        assert_eq!(get("webhook-id"), "ORDERS:42");
+        assert_eq!(
+            get("webhook-signature"),
+            sign(&secret, "ORDERS:42", 0, &env.payload)
+        );
+    }
+
+    #[test]
+    fn host_is_written_as_the_client_would() {
+        for (uri, host) in [
+            ("http://127.0.0.1:8080/events", Some("127.0.0.1:8080")),
+            ("http://app/events", Some("app")),
+            ("http://app:80/events", Some("app")),
+            ("https://app:443/events", Some("app")),
+            ("https://app:8443/events", Some("app:8443")),
+            ("http://[::1]:9000/events", Some("[::1]:9000")),
+            ("/events", None),
+        ] {
+            let uri: Uri = uri.parse().expect("uri");
+            assert_eq!(
+                host_header(&uri).as_ref().and_then(|v| v.to_str().ok()),
+                host,
+                "{uri}"
+            );
+        }
+    }
+
+    #[test]
     fn message_id_is_the_idempotency_key() {
         let mut env = envelope();
         env.headers.insert("Nats-Msg-Id", "order-1");
-        assert_eq!(env.idempotency_key(), "order-1");
+        assert_eq!(env.idempotency_key().to_string(), "order-1");
     }
 
     #[test]
@@ -246,10 +341,5 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-    }
-
-    #[test]
-    fn bad_traceparent_is_not_forwarded() {
-        assert_eq!(child_traceparent("garbage", 1), None);
     }
 }

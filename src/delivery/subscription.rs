@@ -90,6 +90,14 @@ pub struct Subscription {
     pub(super) replay_lock: tokio::sync::Mutex<()>,
     /// `Jetway-Subscription`, built once.
     pub(super) header: hyper::header::HeaderValue,
+    /// `Host` of the endpoint, built once.
+    pub(super) host: Option<hyper::header::HeaderValue>,
+    /// The endpoint as the request target (path and query).
+    pub(super) target: hyper::Uri,
+    /// Keep-alive connections to the endpoint.
+    pub(super) connections: super::connections::Connections,
+    /// `Jetway-Stream` of `stream`, built when it is resolved.
+    pub(super) stream_header: OnceLock<hyper::header::HeaderValue>,
 }
 
 impl Subscription {
@@ -101,6 +109,13 @@ impl Subscription {
             .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("invalid-name"));
         Subscription {
             header,
+            host: super::request::host_header(&config.endpoint),
+            target: super::connections::origin_form(&config.endpoint),
+            connections: super::connections::Connections::new(
+                &config.endpoint,
+                config.effective_concurrency(),
+            ),
+            stream_header: OnceLock::new(),
             metrics,
             consumer_name: format!("{app_id}-{}", config.name),
             consumer_shared: Arc::from(format!("{app_id}-{}", config.name)),
@@ -124,6 +139,14 @@ impl Subscription {
 
     pub fn stream(&self) -> Option<&str> {
         self.stream.get().map(String::as_str)
+    }
+
+    /// Notes the subscription's stream, once resolved.
+    pub(super) fn set_stream(&self, name: String) {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&name) {
+            let _ = self.stream_header.set(v);
+        }
+        let _ = self.stream.set(name);
     }
 
     /// Notes when the subscription's stream was created; a different time
@@ -267,6 +290,7 @@ impl Delivery {
             };
             let now = tokio::time::Instant::now();
             for (sub, looked) in self.subscriptions.iter().zip(looked_at.iter_mut()) {
+                sub.connections.close_idle();
                 let busy = sub.busy.swap(false, Ordering::Relaxed);
                 let due = asked || busy || looked.is_none_or(|at| now >= at + LAG_REFRESH);
                 let state = sub.consumer.borrow().clone();

@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, message::AckKind};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use super::attempt::{envelope, nak};
+use super::attempt::{attempt, envelope, nak};
 use super::subscription::InFlight;
 use super::{ack_wait, puller, Delivery, Subscription, HAND_BACK_DELAY};
 use crate::telemetry::tracer;
@@ -212,14 +212,25 @@ impl Delivery {
         }
         let _in_flight = InFlight::new(&sub);
         let span = self.process_span(&sub, &env);
-        let attempt = {
+        let started = std::time::Instant::now();
+        // The attempt's deadline shares the in-progress timer: it fires for
+        // whichever comes first (one timer per delivery, not two).
+        let deadline = tokio::time::Instant::now() + sub.config.timeout;
+        if deadline < progress.deadline() {
+            progress.as_mut().reset(deadline);
+        }
+        let answer = {
             // Boxed: the spawned task stays small while it waits for a slot.
-            let mut call = Box::pin(self.call(&sub, &env, &span));
+            let mut send = Box::pin(self.send(&sub, self.request(&sub, &env, &span)));
             loop {
                 tokio::select! {
-                    attempt = &mut call => break attempt,
+                    answer = &mut send => break Some(answer),
                     _ = &mut progress => {
-                        progress.as_mut().reset(tokio::time::Instant::now() + every);
+                        let now = tokio::time::Instant::now();
+                        if now >= deadline {
+                            break None;
+                        }
+                        progress.as_mut().reset((now + every).min(deadline));
                         if let Err(e) = msg.ack_with(AckKind::Progress).await {
                             tracing::debug!(subscription = sub.name(), error = %e, "in-progress ack failed");
                         }
@@ -231,6 +242,7 @@ impl Delivery {
                 }
             }
         };
+        let attempt = attempt(&sub, started, answer);
         Box::pin(self.settle(&sub, &msg, &env, attempt, span)).await;
     }
 }

@@ -50,7 +50,7 @@ pub struct Delivery<'a> {
 }
 
 fn header<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).map(|v| v.as_str())
+    crate::envelope::stored_header(headers, name)
 }
 
 impl Tracer {
@@ -145,7 +145,6 @@ impl Tracer {
             return ProcessSpan {
                 context: parent.map(|p| p.with_span_id(span::new_span_id())),
                 open: None,
-                send: false,
             };
         };
         let ctx = self.child(inner, parent.as_ref());
@@ -183,7 +182,6 @@ impl Tracer {
         ProcessSpan {
             context: Some(ctx),
             open,
-            send: true,
         }
     }
 
@@ -272,21 +270,15 @@ impl PublishSpan {
 pub struct ProcessSpan {
     context: Option<SpanContext>,
     open: Option<Box<Open>>,
-    /// Whether the request's `traceparent` comes from this span (export
-    /// on); with export off the request keeps today's header.
-    send: bool,
 }
 
 impl ProcessSpan {
-    /// The `traceparent` for the endpoint, when tracing sets it.
+    /// The `traceparent` for the endpoint: this attempt's context (the
+    /// stored trace and flags with this attempt's span id, or with export
+    /// on a new trace when the message had none), so the app's spans are
+    /// its children.
     pub fn traceparent(&self) -> Option<String> {
-        self.context.filter(|_| self.send).map(|c| c.traceparent())
-    }
-
-    /// The span id as a number (random when there is no context).
-    pub fn span_id_u64(&self) -> u64 {
-        self.context
-            .map_or_else(rand::random, |c| u64::from_be_bytes(c.span_id))
+        self.context.map(|c| c.traceparent())
     }
 
     /// For log lines: the trace id, when the message has a context.
@@ -340,5 +332,51 @@ pub fn log_ids(headers: &async_nats::HeaderMap) -> (Option<HexId<16>>, Option<He
     match header(headers, "traceparent").and_then(span::parse_traceparent) {
         Some(c) => (Some(HexId(c.trace_id)), Some(HexId(c.span_id))),
         None => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process_span(stored: Option<&str>) -> ProcessSpan {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(tp) = stored {
+            headers.insert("traceparent", tp);
+        }
+        let name: Arc<str> = Arc::from("process s1");
+        let consumer: Arc<str> = Arc::from("app-s1");
+        Tracer::disabled().process(
+            &headers,
+            &Delivery {
+                span_name: &name,
+                consumer: &consumer,
+                subject: "orders.created",
+                stream: "ORDERS",
+                sequence: 1,
+                attempt: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn with_export_off_the_endpoint_gets_the_stored_trace_with_a_new_span_id() {
+        let stored = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let sent = process_span(Some(stored)).traceparent().expect("traceparent");
+        let (sent_parts, stored_parts): (Vec<&str>, Vec<&str>) =
+            (sent.split('-').collect(), stored.split('-').collect());
+        assert_eq!(sent_parts.len(), 4);
+        assert_eq!(sent_parts[0], "00");
+        assert_eq!(sent_parts[1], stored_parts[1], "same trace");
+        assert_ne!(sent_parts[2], stored_parts[2], "a new span id");
+        assert_eq!(sent_parts[3], "00", "the flags as stored: not sampled stays so");
+    }
+
+    #[test]
+    fn without_a_valid_stored_context_the_endpoint_gets_none() {
+        assert_eq!(process_span(None).traceparent(), None);
+        assert_eq!(process_span(Some("garbage")).traceparent(), None);
+        let zero_trace = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        assert_eq!(process_span(Some(zero_trace)).traceparent(), None);
     }
 }
