@@ -97,9 +97,15 @@ mod tests {
     #[test]
     fn the_key_is_the_message_id_else_the_position() {
         let mut headers = async_nats::HeaderMap::new();
-        assert_eq!(envelope(headers.clone()).idempotency_key().to_string(), "ORDERS:42");
+        assert_eq!(
+            envelope(headers.clone()).idempotency_key().to_string(),
+            "ORDERS:42"
+        );
         headers.insert("Nats-Msg-Id", "");
-        assert_eq!(envelope(headers.clone()).idempotency_key().to_string(), "ORDERS:42");
+        assert_eq!(
+            envelope(headers.clone()).idempotency_key().to_string(),
+            "ORDERS:42"
+        );
         headers.insert("Nats-Msg-Id", "order-1");
         assert_eq!(envelope(headers).idempotency_key().to_string(), "order-1");
     }
@@ -111,7 +117,13 @@ mod tests {
         headers.insert("Nats-Msg-Id", "b");
         headers.append("x-two", "first");
         headers.append("x-two", "second");
-        for name in ["traceparent", "Nats-Msg-Id", "x-two", "nats-msg-id", "missing"] {
+        for name in [
+            "traceparent",
+            "Nats-Msg-Id",
+            "x-two",
+            "nats-msg-id",
+            "missing",
+        ] {
             assert_eq!(
                 stored_header(&headers, name),
                 headers.get(name).map(|v| v.as_str()),

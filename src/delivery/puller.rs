@@ -64,36 +64,61 @@ pub enum Pulled {
     Closed,
 }
 
+/// Bytes the look-ahead holds, about: as many messages as fit by the
+/// average size of those received, from [`MIN_LOOK_AHEAD`] to
+/// [`MAX_LOOK_AHEAD`]. Small messages get the whole look-ahead (a fast
+/// endpoint never waits for a pull round trip); 1 MiB messages get 4.
+pub const LOOK_AHEAD_BYTES: usize = 4 << 20;
+/// Most messages held beyond those in flight.
+pub const MAX_LOOK_AHEAD: usize = 128;
+/// Fewest messages held beyond those in flight.
+pub const MIN_LOOK_AHEAD: usize = 2;
+/// The average size assumed before any message came: a look-ahead of 16,
+/// which the first messages correct.
+const FIRST_AVERAGE: usize = LOOK_AHEAD_BYTES / 16;
+
 /// How much a subscription may hold and request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sizes {
+    /// Deliveries in flight at most.
+    pub concurrency: usize,
+    /// Ordered: the consumer allows one unacknowledged message.
+    pub ordered: bool,
+}
+
+/// The holds and requests for messages of one average size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
     /// Messages taken from JetStream and not yet settled, at most.
     pub held: usize,
-    /// Largest pull request.
-    pub max_request: usize,
-    /// Free holds that make a new request worth sending.
+    /// Free holds that make a new request worth sending: half the
+    /// look-ahead, so when a request goes out the other half is still
+    /// there for the slots that free up while it travels.
     pub threshold: usize,
 }
 
 impl Sizes {
-    /// `concurrency` in flight plus a look-ahead of as many again, at least
-    /// `min_look_ahead`; requests of at least half of that. Ordered
-    /// subscriptions (the consumer allows one unacknowledged message) ask
-    /// for one at a time and hold one more.
-    pub fn new(concurrency: usize, ordered: bool, min_look_ahead: usize) -> Sizes {
-        if ordered {
-            return Sizes {
+    pub fn new(concurrency: usize, ordered: bool) -> Sizes {
+        Sizes {
+            concurrency: concurrency.max(1),
+            ordered,
+        }
+    }
+
+    /// `concurrency` in flight plus the look-ahead for messages of
+    /// `average` bytes. Ordered subscriptions ask for one at a time and
+    /// hold one more.
+    pub fn window(&self, average: usize) -> Window {
+        if self.ordered {
+            return Window {
                 held: 2,
-                max_request: 1,
                 threshold: 1,
             };
         }
-        let concurrency = concurrency.max(1);
-        let held = concurrency + concurrency.max(min_look_ahead);
-        Sizes {
-            held,
-            max_request: held,
-            threshold: (held / 2).max(1),
+        let look_ahead = (LOOK_AHEAD_BYTES / average.max(1)).clamp(MIN_LOOK_AHEAD, MAX_LOOK_AHEAD);
+        Window {
+            held: self.concurrency + look_ahead,
+            threshold: (look_ahead / 2).max(1),
         }
     }
 }
@@ -118,7 +143,12 @@ pub struct Puller {
     inbox: Subject,
     subscriber: Subscriber,
     holds: Arc<Semaphore>,
+    /// Holds the semaphore stands for now (held and free).
+    capacity: usize,
     sizes: Sizes,
+    /// Average size of the messages received (payload and headers), in
+    /// bytes; the look-ahead follows it.
+    average: usize,
     open: Option<Open>,
     /// The last request expired with nothing: the next one is idle.
     idle: bool,
@@ -138,8 +168,10 @@ impl Puller {
             context,
             inbox,
             subscriber,
-            holds: Arc::new(Semaphore::new(sizes.held)),
+            holds: Arc::new(Semaphore::new(sizes.window(FIRST_AVERAGE).held)),
+            capacity: sizes.window(FIRST_AVERAGE).held,
             sizes,
+            average: FIRST_AVERAGE,
             open: None,
             idle: false,
         })
@@ -152,11 +184,13 @@ impl Puller {
 
     /// Waits until enough holds are free for a request (one for an idle
     /// request). Cancel-safe.
-    pub async fn free_holds(&self) -> Option<OwnedSemaphorePermit> {
+    pub async fn free_holds(&mut self) -> Option<OwnedSemaphorePermit> {
+        let window = self.sizes.window(self.average);
+        self.resize(window.held);
         let (wanted, most) = if self.idle {
             (1, 1)
         } else {
-            (self.sizes.threshold, self.sizes.max_request)
+            (window.threshold, window.held)
         };
         let mut permit = self
             .holds
@@ -171,6 +205,17 @@ impl Puller {
             }
         }
         Some(permit)
+    }
+
+    /// Makes the holds `held` in all: more at once; fewer as they are
+    /// given back (only free ones can be taken away).
+    fn resize(&mut self, held: usize) {
+        if held > self.capacity {
+            self.holds.add_permits(held - self.capacity);
+            self.capacity = held;
+        } else if held < self.capacity {
+            self.capacity -= self.holds.forget_permits(self.capacity - held);
+        }
     }
 
     /// Asks for as many messages as `free` holds. On failure the holds are
@@ -233,6 +278,8 @@ impl Puller {
             match message.status {
                 None | Some(StatusCode::OK) => {
                     self.idle = false;
+                    // A moving average over about the last eight.
+                    self.average = (self.average * 7 + message.length) / 8;
                     let hold = match self.open.as_mut() {
                         Some(open) => {
                             open.brought = true;
@@ -313,32 +360,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn look_ahead_is_at_least_the_minimum_and_requests_at_least_half() {
+    fn the_look_ahead_follows_the_message_size() {
+        let c16 = Sizes::new(16, false);
+        // Small messages: the whole look-ahead, requests of half of it.
         assert_eq!(
-            Sizes::new(1, false, 16),
-            Sizes {
-                held: 17,
-                max_request: 17,
-                threshold: 8
+            c16.window(256),
+            Window {
+                held: 16 + MAX_LOOK_AHEAD,
+                threshold: MAX_LOOK_AHEAD / 2
             }
         );
+        assert_eq!(c16.window(64 * 1024).held, 16 + 64);
+        // Large ones: about LOOK_AHEAD_BYTES beyond those in flight.
+        assert_eq!(c16.window(256 * 1024).held, 16 + 16);
         assert_eq!(
-            Sizes::new(64, false, 16),
-            Sizes {
-                held: 128,
-                max_request: 128,
-                threshold: 64
+            c16.window(1024 * 1024),
+            Window {
+                held: 16 + 4,
+                threshold: 2
+            }
+        );
+        assert_eq!(c16.window(64 * 1024 * 1024).held, 16 + MIN_LOOK_AHEAD);
+        // Before any message: 16.
+        assert_eq!(c16.window(FIRST_AVERAGE).held, 16 + 16);
+        // A zero concurrency or size cannot stall the worker.
+        assert!(Sizes::new(0, false).window(0).threshold >= 1);
+        assert!(Sizes::new(0, false).window(usize::MAX).threshold >= 1);
+        // Ordered: never more than one request in flight at the server.
+        assert_eq!(
+            Sizes::new(8, true).window(256),
+            Window {
+                held: 2,
+                threshold: 1
             }
         );
         // An idle request is told lost well before it would expire, and its
         // heartbeats are valid for the server (at most half the expiry).
         assert!(heartbeats_missed() < IDLE_WAIT);
         assert!(IDLE_HEARTBEAT * 2 <= IDLE_WAIT);
-        // A zero concurrency cannot stall the worker.
-        assert!(Sizes::new(0, false, 0).threshold >= 1);
-        // Ordered: never more than one request in flight at the server.
-        let ordered = Sizes::new(8, true, 16);
-        assert_eq!((ordered.max_request, ordered.threshold), (1, 1));
     }
 
     #[tokio::test]

@@ -76,9 +76,7 @@ pub fn host_header(endpoint: &Uri) -> Option<HeaderValue> {
         _ => 80,
     };
     match endpoint.port_u16() {
-        Some(port) if port != default_port => {
-            HeaderValue::from_str(&format!("{host}:{port}")).ok()
-        }
+        Some(port) if port != default_port => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
         _ => HeaderValue::from_str(host).ok(),
     }
 }

@@ -15,9 +15,6 @@ use super::subscription::InFlight;
 use super::{ack_wait, puller, Delivery, Subscription, HAND_BACK_DELAY};
 use crate::telemetry::tracer;
 
-/// Messages held beyond the in-flight ones, at least: at low concurrency a
-/// look-ahead of one would cost a pull request per message.
-const MIN_LOOK_AHEAD: usize = 16;
 /// First and longest wait before pulling again after a failed pull.
 const FIRST_FETCH_DELAY: Duration = Duration::from_millis(100);
 const MAX_FETCH_DELAY: Duration = Duration::from_secs(2);
@@ -47,7 +44,7 @@ impl Delivery {
         // ones are kept alive with in-progress acks.
         let concurrency = sub.config.effective_concurrency();
         let slots = Arc::new(Semaphore::new(concurrency));
-        let sizes = puller::Sizes::new(concurrency, sub.config.ordered, MIN_LOOK_AHEAD);
+        let sizes = puller::Sizes::new(concurrency, sub.config.ordered);
         let deliveries = TaskTracker::new();
         let mut fetch_delay = FIRST_FETCH_DELAY;
         let mut puller = loop {

@@ -362,14 +362,19 @@ mod tests {
     #[test]
     fn with_export_off_the_endpoint_gets_the_stored_trace_with_a_new_span_id() {
         let stored = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let sent = process_span(Some(stored)).traceparent().expect("traceparent");
+        let sent = process_span(Some(stored))
+            .traceparent()
+            .expect("traceparent");
         let (sent_parts, stored_parts): (Vec<&str>, Vec<&str>) =
             (sent.split('-').collect(), stored.split('-').collect());
         assert_eq!(sent_parts.len(), 4);
         assert_eq!(sent_parts[0], "00");
         assert_eq!(sent_parts[1], stored_parts[1], "same trace");
         assert_ne!(sent_parts[2], stored_parts[2], "a new span id");
-        assert_eq!(sent_parts[3], "00", "the flags as stored: not sampled stays so");
+        assert_eq!(
+            sent_parts[3], "00",
+            "the flags as stored: not sampled stays so"
+        );
     }
 
     #[test]
