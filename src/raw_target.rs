@@ -27,6 +27,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// At most 100 header lines, as hyper allows.
 const MAX_HEADERS: usize = 100;
+/// Room made in `input` before a read when less than `READ_AT_LEAST` is
+/// free: a whole head of the usual size in one read.
+const READ_CHUNK: usize = 2048;
+const READ_AT_LEAST: usize = 512;
 
 enum State {
     /// Reading a request head.
@@ -227,10 +231,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for RawTarget<S> {
                 }
                 return polled;
             }
-            let mut chunk = [0u8; 4096];
-            let mut read = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+            // Straight into `input`'s spare room (a buffer on the stack
+            // would be zeroed on every poll, found or not).
+            if this.input.capacity() - this.input.len() < READ_AT_LEAST {
+                this.input.reserve(READ_CHUNK);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.input) {
+                Poll::Ready(Ok(0)) => {
                     // End of stream: hand on what is left as it is.
                     this.output.extend_from_slice(&this.input);
                     this.input.clear();
@@ -238,11 +245,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for RawTarget<S> {
                         return Poll::Ready(Ok(()));
                     }
                 }
-                Poll::Ready(Ok(())) => {
-                    this.input.extend_from_slice(read.filled());
-                    this.process();
-                }
-                other => return other,
+                Poll::Ready(Ok(_)) => this.process(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }

@@ -21,7 +21,10 @@
 //! stream, so a large one is refused without being buffered.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -37,7 +40,6 @@ use crate::raw_target::RawTarget;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use tower_http::timeout::TimeoutBody;
 
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +119,7 @@ pub async fn serve<S>(
         let service = router
             .clone()
             .map_request(move |request: Request<Incoming>| {
-                request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)))
+                request.map(|body| Body::new(StallTimeout::new(body, body_timeout)))
             });
         let conn = graceful.watch(http.serve_connection(
             TokioIo::new(RawTarget::new(stream, limits.max_header_bytes)),
@@ -136,6 +138,61 @@ pub async fn serve<S>(
         _ = tokio::time::sleep(grace) => {
             tracing::debug!("closing HTTP connections still open after the grace period");
         }
+    }
+}
+
+/// A request body that fails once it stalls: no frame for `timeout`.
+/// The timer is armed only while the body has nothing ready, so a body
+/// that came with its head (most do) never registers one; tower-http's
+/// `TimeoutBody` arms a timer for every frame.
+struct StallTimeout {
+    body: Incoming,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallTimeout {
+    fn new(body: Incoming, timeout: Duration) -> StallTimeout {
+        StallTimeout {
+            body,
+            timeout,
+            stalled: None,
+        }
+    }
+}
+
+impl hyper::body::Body for StallTimeout {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.stalled = None;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let timeout = this.timeout;
+        let stalled = this
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                "no part of the request body came for {timeout:?}"
+            )
+            .into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

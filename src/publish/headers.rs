@@ -2,7 +2,8 @@
 //! CloudEvents validation. Pure functions: no I/O, table-tested and fuzzed.
 
 use async_nats::header::{HeaderName as NatsName, HeaderValue as NatsValue};
-use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 
 use crate::config::{is_valid_stream_name, PublishConfig};
@@ -19,9 +20,21 @@ pub const MAX_ID_LEN: usize = 256;
 pub struct Mapped {
     pub headers: async_nats::HeaderMap,
     pub msg_id: Option<String>,
+    /// Whether the request names an event type or schema version (a
+    /// `ce-*` or `Jetway-*` header, or a structured CloudEvent): only then
+    /// is there a schema to look up (SPEC section 9).
+    pub may_be_typed: bool,
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+// Names looked up in every request, parsed once (a `&str` name is parsed
+// and checked on every lookup).
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const EXPECTED_LAST_SUBJECT_SEQUENCE: HeaderName =
+    HeaderName::from_static("jetway-expected-last-subject-sequence");
+const EXPECTED_LAST_SEQUENCE: HeaderName = HeaderName::from_static("jetway-expected-last-sequence");
+const EXPECTED_STREAM: HeaderName = HeaderName::from_static("jetway-expected-stream");
+
+fn text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -31,7 +44,7 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiEr
     }
 }
 
-fn sequence(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+fn sequence(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>, ApiError> {
     match text(headers, name)? {
         None => Ok(None),
         Some(v) => v.trim().parse().map(Some).map_err(|_| {
@@ -112,7 +125,8 @@ pub fn validate_structured_cloudevent(body: &[u8]) -> Result<(String, String), A
 
 /// Checks binary-mode `ce-*` headers; returns (source, id) when present.
 fn validate_binary_cloudevent(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
-    let Some(specversion) = text(headers, "ce-specversion")? else {
+    const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+    let Some(specversion) = text(headers, &SPECVERSION)? else {
         return Ok(None);
     };
     if specversion != "1.0" {
@@ -120,8 +134,8 @@ fn validate_binary_cloudevent(headers: &HeaderMap) -> Result<Option<(String, Str
             "ce-specversion must be 1.0, got `{specversion}`"
         )));
     }
-    let get = |name: &str| -> Result<String, ApiError> {
-        match text(headers, name)? {
+    let get = |name: &'static str| -> Result<String, ApiError> {
+        match text(headers, &HeaderName::from_static(name))? {
             Some(v) if !v.is_empty() => Ok(v.to_string()),
             _ => Err(ApiError::CloudEventInvalid(format!(
                 "header {name} is required with ce-specversion"
@@ -145,43 +159,16 @@ pub fn map_headers(
 ) -> Result<Mapped, ApiError> {
     let mut out = async_nats::HeaderMap::new();
 
-    let content_type = text(headers, "content-type")?;
-    if let Some(ct) = content_type {
-        put(&mut out, "Content-Type", ct)?;
-    }
-
-    let mut msg_id = match text(headers, "idempotency-key")? {
-        Some(key) if key.is_empty() || key.len() > MAX_ID_LEN => {
-            return Err(ApiError::HeaderInvalid(format!(
-                "Idempotency-Key must be 1 to {MAX_ID_LEN} characters"
-            )))
-        }
-        Some(key) => Some(key.to_string()),
-        None => None,
-    };
-
-    if let Some(seq) = sequence(headers, "jetway-expected-last-subject-sequence")? {
-        put(
-            &mut out,
-            "Nats-Expected-Last-Subject-Sequence",
-            &seq.to_string(),
-        )?;
-    }
-    if let Some(seq) = sequence(headers, "jetway-expected-last-sequence")? {
-        put(&mut out, "Nats-Expected-Last-Sequence", &seq.to_string())?;
-    }
-    if let Some(stream) = text(headers, "jetway-expected-stream")? {
-        if !is_valid_stream_name(stream) {
-            return Err(ApiError::HeaderInvalid(format!(
-                "Jetway-Expected-Stream `{stream}` is not a stream name"
-            )));
-        }
-        put(&mut out, "Nats-Expected-Stream", stream)?;
-    }
-
+    // One pass over what the request carries: the headers stored as they
+    // are, and whether any `Jetway-*` or `ce-*` header is there at all
+    // (most requests have none, and then none is looked up).
+    let (mut jetway, mut ce) = (false, false);
     for (name, value) in headers {
         let name = name.as_str();
-        let stored = name.starts_with("ce-")
+        jetway |= name.starts_with("jetway-");
+        let is_ce = name.starts_with("ce-");
+        ce |= is_ce;
+        let stored = is_ce
             || name == "traceparent"
             || name == "tracestate"
             || config.forward_headers.iter().any(|f| f == name);
@@ -199,16 +186,56 @@ pub fn map_headers(
         put(&mut out, name, value)?;
     }
 
-    let binary_ce = validate_binary_cloudevent(headers)?;
+    let content_type = text(headers, &CONTENT_TYPE)?;
+    if let Some(ct) = content_type {
+        put(&mut out, "Content-Type", ct)?;
+    }
+
+    let mut msg_id = match text(headers, &IDEMPOTENCY_KEY)? {
+        Some(key) if key.is_empty() || key.len() > MAX_ID_LEN => {
+            return Err(ApiError::HeaderInvalid(format!(
+                "Idempotency-Key must be 1 to {MAX_ID_LEN} characters"
+            )))
+        }
+        Some(key) => Some(key.to_string()),
+        None => None,
+    };
+
+    if jetway {
+        if let Some(seq) = sequence(headers, &EXPECTED_LAST_SUBJECT_SEQUENCE)? {
+            put(
+                &mut out,
+                "Nats-Expected-Last-Subject-Sequence",
+                &seq.to_string(),
+            )?;
+        }
+        if let Some(seq) = sequence(headers, &EXPECTED_LAST_SEQUENCE)? {
+            put(&mut out, "Nats-Expected-Last-Sequence", &seq.to_string())?;
+        }
+        if let Some(stream) = text(headers, &EXPECTED_STREAM)? {
+            if !is_valid_stream_name(stream) {
+                return Err(ApiError::HeaderInvalid(format!(
+                    "Jetway-Expected-Stream `{stream}` is not a stream name"
+                )));
+            }
+            put(&mut out, "Nats-Expected-Stream", stream)?;
+        }
+    }
+
+    let binary_ce = if ce {
+        validate_binary_cloudevent(headers)?
+    } else {
+        None
+    };
     let structured = content_type.is_some_and(is_structured_cloudevent);
-    let ce = if structured {
+    let ce_ids = if structured {
         Some(validate_structured_cloudevent(body)?)
     } else {
         binary_ce
     };
 
     if msg_id.is_none() {
-        msg_id = match ce {
+        msg_id = match ce_ids {
             Some((source, id)) => Some(cloudevent_msg_id(&source, &id)),
             None if config.generate_ids => Some(generated_id()),
             None => None,
@@ -220,6 +247,7 @@ pub fn map_headers(
     Ok(Mapped {
         headers: out,
         msg_id,
+        may_be_typed: jetway || ce || structured,
     })
 }
 

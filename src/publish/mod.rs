@@ -285,17 +285,17 @@ impl Publisher {
         format!("jw-{:032x}", rand::random::<u128>())
     }
 
-    /// Builds the message of a single publish request.
+    /// Builds the message of a publish whose subject was checked
+    /// ([`Publisher::check_subject`]).
     fn prepare(
         &self,
         subject: String,
         headers: &HeaderMap,
         payload: Bytes,
     ) -> Result<Outgoing, ApiError> {
-        self.check_subject(&subject)?;
         self.check_size(&payload)?;
         let mut mapped = headers::map_headers(headers, &payload, &self.config, Self::generated_id)?;
-        if let Some(schemas) = &self.schemas {
+        if let Some(schemas) = self.schemas.as_ref().filter(|_| mapped.may_be_typed) {
             if let Some(checked) = schemas.check_request(headers, &payload)? {
                 checked.stamp(&mut mapped.headers);
             }
@@ -339,6 +339,7 @@ impl Publisher {
                 HeaderValue::from_static("application/json"),
             );
         }
+        self.check_subject(&item.subject)?;
         self.prepare(item.subject, &headers, item.payload)
     }
 
