@@ -1,3 +1,3 @@
 wrk.method = "POST"
-wrk.body = string.rep("p", 256)
+wrk.body = string.rep("p", tonumber(os.getenv("PAYLOAD") or "256"))
 wrk.headers["Content-Type"] = "application/octet-stream"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: run_pub.sh jetway|bridge CONNS PAYLOADFILE
+# usage: [PAYLOAD=bytes] run_pub.sh jetway|bridge CONNS   (PAYLOAD: the body size, default 256)
 set -e
 OUT=${OUT:-/tmp/jetway-prof}; export OUT; mkdir -p "$OUT"
 HERE=$(cd "$(dirname "$0")" && pwd); cp "$HERE"/*.lua "$HERE"/sink.py "$OUT"/
