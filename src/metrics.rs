@@ -261,6 +261,26 @@ impl Metrics {
     }
 }
 
+/// The series of publishes stored in one stream, looked up once (the
+/// publish path then touches no label maps).
+#[derive(Clone)]
+pub struct StoredMetrics {
+    pub ok: IntCounter,
+    pub duplicate: IntCounter,
+    pub duration: Histogram,
+}
+
+impl Metrics {
+    /// The series of publishes stored in `stream`.
+    pub fn stored(&self, stream: &str) -> StoredMetrics {
+        StoredMetrics {
+            ok: self.publish_total.with_label_values(&[stream, "ok"]),
+            duplicate: self.publish_total.with_label_values(&[stream, "duplicate"]),
+            duration: self.publish_duration_seconds.with_label_values(&[stream]),
+        }
+    }
+}
+
 /// Handles to every series of one subscription.
 #[derive(Clone)]
 pub struct SubscriptionMetrics {

@@ -29,7 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{Config, PublishConfig};
 use crate::error::ApiError;
 use crate::health::Health;
-use crate::metrics::{Metrics, UNKNOWN_STREAM};
+use crate::metrics::{Metrics, StoredMetrics, UNKNOWN_STREAM};
 use crate::subject;
 use crate::telemetry::throttle::Throttle;
 use crate::telemetry::tracer::{self, PublishSpan};
@@ -66,10 +66,27 @@ impl From<PublishAck> for Stored {
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub subject: String,
+    /// Handed to the client on the first send unless the message may be
+    /// resent (an id): then a copy goes each time.
     pub headers: NatsHeaders,
     pub payload: Bytes,
     /// With an id, JetStream drops repeats, so jetway may resend safely.
     pub has_id: bool,
+    /// It carries `Nats-Expected-Last-Subject-Sequence` (a conflict then
+    /// answers the subject's last sequence, not the stream's).
+    pub expects_subject_sequence: bool,
+    /// The trace context of its log lines, read before the headers go.
+    pub log_ids: (Option<tracer::HexId<16>>, Option<tracer::HexId<8>>),
+}
+
+impl Outgoing {
+    /// Starts the message's publish span (which may set its
+    /// `traceparent`) and notes the context its log lines carry.
+    fn start_span(&mut self, tracer: &Tracer) -> PublishSpan {
+        let span = tracer.publish(&mut self.headers, &self.subject);
+        self.log_ids = tracer::log_ids(&self.headers);
+        span
+    }
 }
 
 /// Publishes to JetStream on behalf of the API; shared by the routes.
@@ -87,6 +104,8 @@ pub struct Publisher {
     bodies: Arc<Semaphore>,
     bodies_kib: u32,
     metrics: Metrics,
+    /// The series of each configured stream, looked up once.
+    stored_metrics: Vec<(String, StoredMetrics)>,
     health: Arc<Health>,
     tracer: Tracer,
     /// Validates typed events (SPEC section 9) before they are sent.
@@ -115,6 +134,11 @@ impl Publisher {
             in_flight: Arc::new(Semaphore::new(config.api.max_in_flight)),
             bodies: Arc::new(Semaphore::new(body_budget_kib(config.api.max_body) as usize)),
             bodies_kib: body_budget_kib(config.api.max_body),
+            stored_metrics: config
+                .streams
+                .iter()
+                .map(|s| (s.name.clone(), metrics.stored(&s.name)))
+                .collect(),
             metrics,
             health,
             tracer,
@@ -151,6 +175,19 @@ impl Publisher {
     }
 
     fn record(&self, subject: &str, result: &Result<Stored, ApiError>, started: Option<Instant>) {
+        if let Ok(stored) = result {
+            if let Some((_, m)) = self.stored_metrics.iter().find(|(n, _)| *n == stored.stream) {
+                if stored.duplicate {
+                    m.duplicate.inc();
+                } else {
+                    m.ok.inc();
+                }
+                if let Some(started) = started {
+                    m.duration.observe(started.elapsed().as_secs_f64());
+                }
+                return;
+            }
+        }
         let (stream, outcome) = match result {
             Ok(s) if s.duplicate => (s.stream.as_str(), "duplicate"),
             Ok(s) => (s.stream.as_str(), "ok"),
@@ -177,8 +214,8 @@ impl Publisher {
                 let stream = self.stream_label(&msg.subject);
                 span.end(stream, None, Some(e.publish_outcome()));
                 if e.status().is_server_error() {
-                    let (trace_id, span_id) = tracer::log_ids(&msg.headers);
-                    let key = msg.headers.get("Nats-Msg-Id").map(|v| v.as_str());
+                    let (trace_id, span_id) = msg.log_ids;
+                    let key = crate::envelope::stored_header(&msg.headers, "Nats-Msg-Id");
                     let outcome = e.publish_outcome();
                     // An outage fails every publish: one WARN line a
                     // second, the rest at DEBUG.
@@ -267,11 +304,11 @@ impl Publisher {
     /// Publishes one message and answers only after its PubAck.
     pub async fn publish(&self, mut msg: Outgoing) -> Result<Stored, ApiError> {
         let started = Instant::now();
-        let span = self.tracer.publish(&mut msg.headers, &msg.subject);
+        let span = msg.start_span(&self.tracer);
         let result = async {
             self.ensure_connected()?;
             self.streams.capture(&msg.subject).await?;
-            let ack = self.send(&msg).await?;
+            let ack = self.send(&mut msg).await?;
             self.confirm(&msg, ack, started + self.request_timeout)
                 .await
         }
@@ -303,8 +340,14 @@ impl Publisher {
         Ok(Outgoing {
             subject,
             has_id: mapped.msg_id.is_some(),
+            expects_subject_sequence: crate::envelope::stored_header(
+                &mapped.headers,
+                "Nats-Expected-Last-Subject-Sequence",
+            )
+            .is_some(),
             headers: mapped.headers,
             payload,
+            log_ids: (None, None),
         })
     }
 
@@ -365,9 +408,9 @@ impl Publisher {
         for (subject, item) in prepared {
             let sent = match item {
                 Ok(mut msg) => {
-                    let span = self.tracer.publish(&mut msg.headers, &msg.subject);
+                    let span = msg.start_span(&self.tracer);
                     let sent = match self.streams.capture(&msg.subject).await {
-                        Ok(()) => self.send(&msg).await,
+                        Ok(()) => self.send(&mut msg).await,
                         Err(e) => Err(e),
                     };
                     match sent {

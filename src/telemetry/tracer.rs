@@ -315,7 +315,7 @@ impl ProcessSpan {
 }
 
 /// An id shown as lower-case hex, formatted only when a line is written.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct HexId<const N: usize>(pub [u8; N]);
 
 impl<const N: usize> fmt::Display for HexId<N> {
