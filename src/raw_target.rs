@@ -200,30 +200,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for RawTarget<S> {
             // A body, or a connection set aside, with nothing buffered:
             // read straight into the caller's buffer.
             let direct = match this.state {
-                State::Aside => Some(buf.remaining()),
-                State::Body(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                State::Aside => Some(u64::MAX),
+                State::Body(n) => Some(n),
                 State::Head => None,
             };
-            if let (Some(limit), true) = (direct, this.input.is_empty()) {
-                let limit = limit.min(buf.remaining());
+            if let (Some(left), true) = (direct, this.input.is_empty()) {
                 let before = buf.filled().len();
-                let polled = if limit == buf.remaining() {
-                    Pin::new(&mut this.inner).poll_read(cx, buf)
-                } else {
-                    // Only the body's last bytes: `take` reads into the first
-                    // `limit` bytes, which must count as initialized for
-                    // `advance` (no unsafe here).
-                    buf.initialize_unfilled_to(limit);
-                    let mut part = buf.take(limit);
-                    let polled = Pin::new(&mut this.inner).poll_read(cx, &mut part);
-                    let n = part.filled().len();
-                    buf.advance(n);
-                    polled
-                };
-                if let Poll::Ready(Ok(())) = polled {
-                    let n = (buf.filled().len() - before) as u64;
-                    if let State::Body(left) = this.state {
-                        this.state = match left.saturating_sub(n) {
+                let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+                if let (Poll::Ready(Ok(())), State::Body(_)) = (&polled, &this.state) {
+                    let got = (buf.filled().len() - before) as u64;
+                    if got > left {
+                        // The read went past the body into the next head:
+                        // that part is taken back and goes through `process`
+                        // (shrinking what was filled needs no zeroing, which
+                        // reading into a part of the buffer would).
+                        let end = before + usize::try_from(left).unwrap_or(usize::MAX);
+                        this.input.extend_from_slice(&buf.filled()[end..]);
+                        buf.set_filled(end);
+                        this.state = State::Head;
+                        this.process();
+                    } else {
+                        this.state = match left - got {
                             0 => State::Head,
                             left => State::Body(left),
                         };
@@ -346,6 +343,24 @@ mod tests {
                 "in pieces of {piece}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_read_past_the_body_hands_the_next_head_on_escaped() {
+        // The head alone, then the body and the next head in one read: the
+        // body goes straight to the caller, the next head is taken back and
+        // escaped.
+        let head = b"POST /v1/publish/a HTTP/1.1\r\nContent-Length: 4\r\n\r\n".to_vec();
+        let rest = b"GET>GET /v1/subjects/a.>/last HTTP/1.1\r\n\r\n".to_vec();
+        let mut wrapped = RawTarget::new(Pieces(vec![head.clone(), rest].into()), 16 * 1024);
+        let mut out = Vec::new();
+        wrapped.read_to_end(&mut out).await.expect("read");
+        let mut want = head;
+        want.extend_from_slice(b"GET>GET /v1/subjects/a.%3E/last HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&want)
+        );
     }
 
     #[tokio::test]

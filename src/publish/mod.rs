@@ -176,7 +176,11 @@ impl Publisher {
 
     fn record(&self, subject: &str, result: &Result<Stored, ApiError>, started: Option<Instant>) {
         if let Ok(stored) = result {
-            if let Some((_, m)) = self.stored_metrics.iter().find(|(n, _)| *n == stored.stream) {
+            if let Some((_, m)) = self
+                .stored_metrics
+                .iter()
+                .find(|(n, _)| *n == stored.stream)
+            {
                 if stored.duplicate {
                     m.duplicate.inc();
                 } else {
