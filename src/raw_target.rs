@@ -16,7 +16,9 @@
 //! missing or doubtful length, a head that does not parse or is too large)
 //! makes it step aside for the rest of the connection: bytes then pass
 //! untouched and hyper answers as it always did. Body bytes are never
-//! changed, and are copied straight into hyper's buffer.
+//! changed. Reads go straight into hyper's buffer, and what needs no change
+//! (bodies, heads without those bytes: nearly everything) stays there, so
+//! a request costs no copy; a head to escape is taken back and rewritten.
 
 use std::io;
 use std::pin::Pin;
@@ -62,6 +64,54 @@ impl<S> RawTarget<S> {
             input: BytesMut::new(),
             output: BytesMut::new(),
             max_head,
+        }
+    }
+
+    /// Follows the framing over `bytes`, just read, as far as they can be
+    /// handed on unchanged: bodies, and whole heads whose target has none
+    /// of the bytes to escape. Returns how many that is.
+    fn pass(&mut self, bytes: &[u8]) -> usize {
+        let mut at = 0;
+        loop {
+            match self.state {
+                State::Aside => return bytes.len(),
+                State::Body(n) => {
+                    let take = usize::try_from(n)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len() - at);
+                    at += take;
+                    self.state = match n - take as u64 {
+                        0 => State::Head,
+                        left => State::Body(left),
+                    };
+                    if at == bytes.len() {
+                        return at;
+                    }
+                }
+                State::Head => {
+                    if at == bytes.len() {
+                        return at;
+                    }
+                    match head(&bytes[at..]) {
+                        Head::Complete { len, target, body }
+                            if !needs_escape(&bytes[at + target.0..at + target.1]) =>
+                        {
+                            at += len;
+                            self.state = match body {
+                                Some(0) => State::Head,
+                                Some(n) => State::Body(n),
+                                None => State::Aside,
+                            };
+                        }
+                        Head::Unfollowed => {
+                            self.state = State::Aside;
+                            return bytes.len();
+                        }
+                        // To escape, or not whole yet: `process` goes on.
+                        _ => return at,
+                    }
+                }
+            }
         }
     }
 
@@ -168,6 +218,11 @@ fn head(buf: &[u8]) -> Head {
     }
 }
 
+/// Whether `target` has a byte that hyper refuses raw.
+fn needs_escape(target: &[u8]) -> bool {
+    target.iter().any(|b| matches!(b, b'<' | b'>' | b'`'))
+}
+
 /// Copies `target` with `<`, `>` and `` ` `` percent-encoded.
 fn escape(target: &[u8], out: &mut BytesMut) {
     let mut rest = target;
@@ -197,33 +252,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for RawTarget<S> {
                 this.output.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            // A body, or a connection set aside, with nothing buffered:
-            // read straight into the caller's buffer.
-            let direct = match this.state {
-                State::Aside => Some(u64::MAX),
-                State::Body(n) => Some(n),
-                State::Head => None,
-            };
-            if let (Some(left), true) = (direct, this.input.is_empty()) {
+            // Nothing buffered: read straight into the caller's buffer and
+            // hand on in place whatever needs no change (heads without those
+            // bytes, bodies); the rest is taken back and goes through
+            // `process`. Shrinking what was filled needs no zeroing, which
+            // reading into a part of the buffer would.
+            if this.input.is_empty() {
                 let before = buf.filled().len();
                 let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-                if let (Poll::Ready(Ok(())), State::Body(_)) = (&polled, &this.state) {
-                    let got = (buf.filled().len() - before) as u64;
-                    if got > left {
-                        // The read went past the body into the next head:
-                        // that part is taken back and goes through `process`
-                        // (shrinking what was filled needs no zeroing, which
-                        // reading into a part of the buffer would).
-                        let end = before + usize::try_from(left).unwrap_or(usize::MAX);
-                        this.input.extend_from_slice(&buf.filled()[end..]);
-                        buf.set_filled(end);
-                        this.state = State::Head;
-                        this.process();
-                    } else {
-                        this.state = match left - got {
-                            0 => State::Head,
-                            left => State::Body(left),
-                        };
+                if let Poll::Ready(Ok(())) = polled {
+                    let filled = buf.filled().len();
+                    if filled > before {
+                        let keep = before + this.pass(&buf.filled()[before..]);
+                        if keep < filled {
+                            this.input.extend_from_slice(&buf.filled()[keep..]);
+                            buf.set_filled(keep);
+                            this.process();
+                            if keep == before {
+                                continue;
+                            }
+                        }
                     }
                 }
                 return polled;
@@ -403,5 +451,56 @@ mod tests {
         input.extend(std::iter::repeat_n(b'a', 40_000));
         input.extend_from_slice(b"\r\n\r\n");
         assert_eq!(through(&input, 4096).await, input);
+    }
+
+    /// Reads `wrapped` to its end with a caller buffer of `size` bytes.
+    async fn read_all(wrapped: &mut RawTarget<Pieces>, size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; size.max(1)];
+        loop {
+            let n = wrapped.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Requests with raw `<`, `>` and `` ` `` in their targets and
+        /// bodies of any bytes (heads among them), arriving in pieces of any
+        /// size and read with a buffer of any size: every target escaped,
+        /// every body byte for byte.
+        #[test]
+        fn any_pieces_and_buffers_give_the_same_requests(
+            requests in proptest::collection::vec(
+                ("[a-z.<>`]{1,12}", proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), proptest::prelude::any::<bool>()),
+                1..6,
+            ),
+            piece in 1usize..200,
+            size in 1usize..300,
+        ) {
+            let (mut input, mut want) = (Vec::new(), Vec::new());
+            for (target, body, looks_like_a_head) in &requests {
+                let mut body = body.clone();
+                if *looks_like_a_head {
+                    body.extend_from_slice(b"GET /x> HTTP/1.1\r\n\r\n");
+                }
+                let head = |t: &str| format!("POST /v1/{t} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+                let escaped = target.replace('<', "%3C").replace('>', "%3E").replace('`', "%60");
+                input.extend_from_slice(head(target).as_bytes());
+                input.extend_from_slice(&body);
+                want.extend_from_slice(head(&escaped).as_bytes());
+                want.extend_from_slice(&body);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let got = rt.block_on(async {
+                let mut wrapped = RawTarget::new(pieces(&input, piece), 16 * 1024);
+                read_all(&mut wrapped, size).await
+            });
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 }
