@@ -196,6 +196,7 @@ pub async fn dev(config_file: Option<&Path>) -> Result<(), DevError> {
             .unwrap_or("SUBSCRIPTION"),
         config.metrics.listen,
     );
+    tokio::spawn(crate::memory::give_back_when_quiet());
     let result = run(config, listeners, shutdown::signal()).await;
     if let Some(echo) = echo_server {
         echo.abort();

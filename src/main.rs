@@ -150,6 +150,8 @@ fn run(path: PathBuf) -> Result<(), ExitCode> {
     let config = load(&path)?;
     jetway::telemetry::init(&config.log);
     runtime()?.block_on(async {
+        // The process's memory, not one sidecar's: here, not in `run`.
+        tokio::spawn(jetway::memory::give_back_when_quiet());
         let listeners = jetway::Listeners::bind(&config).await.map_err(|e| {
             tracing::error!(error = %e, "cannot bind the listeners");
             ExitCode::FAILURE

@@ -149,6 +149,7 @@ impl Delivery {
         _hold: puller::Hold,
         slots: Arc<Semaphore>,
     ) {
+        crate::memory::touch();
         let env = match envelope(&mut msg) {
             Ok(env) => env,
             Err(e) => {

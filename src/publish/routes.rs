@@ -20,6 +20,7 @@ pub async fn publish_one(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    crate::memory::touch();
     let admitted = async {
         let permit = publisher.admit(1)?;
         publisher.check_subject(&subject)?;
@@ -53,6 +54,7 @@ pub async fn publish_batch(
     State(publisher): State<Arc<Publisher>>,
     request: axum::extract::Request,
 ) -> Response {
+    crate::memory::touch();
     // The request whole, not the `HeaderMap` extractor: that one clones.
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
