@@ -69,11 +69,9 @@ pub async fn publish_batch(
         }
         let limit = publisher.max_body.saturating_mul(BATCH_BODY_FACTOR);
         let (body, _room) = publisher.read_body(&headers, body, limit).await?;
-        let items = batch::parse(&body, ndjson)?;
-        // The items hold their own payloads (the room reserved for the body
-        // stands for them): free the request body now rather than for as
-        // long as the PubAcks take.
-        drop(body);
+        // The items' payloads are parts of the body (the room reserved for
+        // the body stands for them).
+        let items = batch::parse_body(body, ndjson)?;
         let _permit = publisher.admit(items.len())?;
         publisher.publish_batch(items).await
     }
