@@ -143,12 +143,19 @@ impl Publisher {
                     // Never 503: the first copy may be stored after all.
                     return Err(ApiError::Timeout(self.request_timeout));
                 }
-                return Err(self.classify(msg, err, maybe_stored).await);
+                // Boxed: its JetStream lookups would make every confirm's
+                // state as large as theirs, and a batch holds one confirm
+                // per item (100 items x 64 connections were 22 MB).
+                return Err(Box::pin(self.classify(msg, err, maybe_stored)).await);
             }
             tracing::debug!(subject = %msg.subject, error = %err, "no PubAck yet; resending with the same id");
-            tokio::time::sleep(pause).await;
             // Only a message with an id is resent, and it kept its headers.
-            ack = match self.hand_over(msg, msg.headers.clone()).await {
+            // Boxed, as `classify`: a rare path kept out of every confirm.
+            let resend = async {
+                tokio::time::sleep(pause).await;
+                self.hand_over(msg, msg.headers.clone()).await
+            };
+            ack = match Box::pin(resend).await {
                 Ok(a) => a,
                 // It was handed over before: the outcome is unknown.
                 Err(_) => return Err(ApiError::Timeout(self.request_timeout)),
