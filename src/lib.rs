@@ -6,8 +6,8 @@
 //! [`run`] takes bound listeners and a shutdown future, so a whole sidecar
 //! can run inside a test on port 0.
 
-// `deny`, not `forbid`: `memory::release` is the one `unsafe` block (a
-// call to glibc's `malloc_trim`), allowed there and nowhere else.
+// `deny`, not `forbid`: `memory.rs` holds the only `unsafe` blocks (calls
+// to glibc's `malloc_trim` and `mallopt`), allowed there and nowhere else.
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -192,6 +192,8 @@ fn inject(file: &str, image: String, legacy: bool) -> Result<(), ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Before any other thread exists (the allocator's arenas).
+    jetway::memory::use_one_arena();
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),

@@ -63,6 +63,35 @@ pub async fn give_back_when_quiet() {
     }
 }
 
+/// Makes glibc use one arena for every thread, unless `GLIBC_TUNABLES`
+/// says otherwise (the operator's choice wins). Call first thing in `main`,
+/// before any other thread starts. glibc gives each thread that meets a
+/// locked arena one of its own (up to 8 per core), and each keeps its own
+/// free memory; a burst of large batches on 64 connections then peaked at
+/// 30 MiB and kept 17-19 MiB afterwards, against 22 and 13 MiB with one
+/// arena, at the same batches per second and CPU per batch (BENCHMARKS.md,
+/// "Memory"). jetway's allocations are few and short, and its runtime has
+/// two worker threads per two cores: one lock is not a bottleneck.
+pub fn use_one_arena() {
+    let chosen = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+    if !chosen {
+        one_arena();
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn one_arena() {
+    // SAFETY: mallopt takes two integers and only changes glibc's own
+    // settings, under its lock; M_ARENA_MAX caps arenas created from now on.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn one_arena() {}
+
 /// Resident memory of this process, from `/proc/self/statm` (0 where
 /// there is none).
 pub fn resident_kib() -> u64 {
@@ -73,9 +102,10 @@ pub fn resident_kib() -> u64 {
 }
 
 /// Asks glibc to return the free pages of every arena (`malloc_trim(0)`);
-/// whether it returned any. The one `unsafe` block of jetway: a foreign
-/// call without pointers or preconditions, which glibc serializes with
-/// every other allocator call. Elsewhere (musl) there is nothing to ask.
+/// whether it returned any. With `one_arena`, jetway's only `unsafe`
+/// blocks: foreign calls without pointers or preconditions, which glibc
+/// serializes with every other allocator call. Elsewhere (musl) there is
+/// nothing to ask.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn release() -> bool {
