@@ -161,7 +161,8 @@ pub fn parse_body(body: Bytes, ndjson: bool) -> Result<Vec<Item>, ApiError> {
     let mut escaped = Vec::new();
     let mut spans = Vec::with_capacity(sources.len());
     for (position, source) in sources.into_iter().enumerate() {
-        let invalid = || ApiError::BatchInvalid(format!("item {position}: data_base64 is not base64"));
+        let invalid =
+            || ApiError::BatchInvalid(format!("item {position}: data_base64 is not base64"));
         spans.push(match source {
             Source::None => (Place::Body(0..0), false),
             Source::Json(range) => (Place::Body(range), true),
@@ -309,7 +310,14 @@ mod tests {
         let payloads: Vec<&[u8]> = items.iter().map(|i| i.payload.as_ref()).collect();
         assert_eq!(
             payloads,
-            vec![&b"hi"[..], &[0xff][..], &[0xff][..], &b"[1, 2]"[..], &b""[..], &b""[..]]
+            vec![
+                &b"hi"[..],
+                &[0xff][..],
+                &[0xff][..],
+                &b"[1, 2]"[..],
+                &b""[..],
+                &b""[..]
+            ]
         );
         let json: Vec<bool> = items.iter().map(|i| i.is_json).collect();
         assert_eq!(json, vec![false, false, false, true, false, false]);
