@@ -130,23 +130,29 @@ mod tests {
             return;
         }
         // 32 MiB in 64 KiB blocks (below glibc's mmap threshold: from an
-        // arena), all written, then freed but for a block allocated after
-        // them, which keeps the arena's heap from shrinking by itself.
-        let blocks: Vec<Vec<u8>> = (0..512).map(|_| vec![1u8; 64 * 1024]).collect();
-        let keep = vec![2u8; 1024];
+        // arena), all written; then 7 of every 8 freed. Each run of 7 freed
+        // blocks lies between two kept ones (the last block allocated is
+        // kept), so no free can shrink the heap from its top: only
+        // `release` can give those pages back. Other tests run in this
+        // process at the same time, hence the margins of several MiB.
+        let mut blocks: Vec<Vec<u8>> = (0..512).map(|_| vec![1u8; 64 * 1024]).collect();
         let peak = resident_kib();
-        drop(blocks);
+        let mut index = 0;
+        blocks.retain(|_| {
+            index += 1;
+            index % 8 == 0
+        });
         let freed = resident_kib();
         assert!(
-            freed + 4 * 1024 >= peak,
-            "glibc kept what was freed: {peak} -> {freed} KiB"
+            freed + 8 * 1024 >= peak,
+            "glibc gave back what was freed by itself: {peak} -> {freed} KiB"
         );
         assert!(release(), "malloc_trim gave nothing back");
         let after = resident_kib();
         assert!(
-            after + 24 * 1024 <= freed,
+            after + 16 * 1024 <= freed,
             "{freed} KiB resident after the free, {after} KiB after giving back"
         );
-        drop(keep);
+        assert_eq!(blocks.len(), 64);
     }
 }
