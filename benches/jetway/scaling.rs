@@ -693,8 +693,9 @@ async fn sizes(s: &Scale) -> Res<Vec<SizeRow>> {
     Ok(rows)
 }
 
-/// Raw consume in the bench process: a fresh pull consumer, `messages()`,
-/// ack each, until `n`; the bench process's CPU over the drain.
+/// Raw consume in the bench process: a fresh pull consumer, `messages()`
+/// (at most 16 MiB a pull), ack each, until `n`; the bench process's CPU
+/// over the drain.
 async fn raw_consume(s: &Scale, p: usize, n: usize) -> Res<(Run, f64)> {
     let subject = format!("sc.r.p{p}");
     let name = format!("raw-p{p}");
@@ -713,7 +714,17 @@ async fn raw_consume(s: &Scale, p: usize, n: usize) -> Res<(Run, f64)> {
     let me = std::process::id();
     let before = usage(me)?;
     let t0 = Instant::now();
-    let mut messages = consumer.messages().await.ctx("raw consume: pull")?;
+    // At most 16 MiB asked for at once. async-nats asks for 200 messages
+    // with no byte limit: 200 MiB of 1 MiB messages, beyond the server's
+    // 64 MiB of pending data per client; one run drained 300 of them at
+    // 10/s (a 30 s stall). Below 80 KiB a message the limit is never
+    // reached, so the smaller sizes are measured as before.
+    let mut messages = consumer
+        .stream()
+        .max_bytes_per_batch(16 << 20)
+        .messages()
+        .await
+        .ctx("raw consume: pull")?;
     let mut got = 0u64;
     while got < n as u64 {
         let msg = tokio::time::timeout(Duration::from_secs(60), messages.next())
@@ -809,7 +820,7 @@ fn table(r: &ScalingResults) -> String {
             row.jetway_pub_cpu_s_per_mb
         );
     }
-    let _ = writeln!(s, "\n**Message size, delivery** (a backlog drained: raw = a pull consumer in the bench process, `messages()`, ack each, nothing else; jetway = one subscription, concurrency 16, each message POSTed to the sink and acked on its 200). CPU per MB: raw = the bench process during the drain; jetway = jetway's process only (the sink not counted).\n");
+    let _ = writeln!(s, "\n**Message size, delivery** (a backlog drained: raw = a pull consumer in the bench process, `messages()` with at most 16 MiB a pull, ack each, nothing else; jetway = one subscription, concurrency 16, each message POSTed to the sink and acked on its 200). CPU per MB: raw = the bench process during the drain; jetway = jetway's process only (the sink not counted).\n");
     let _ = writeln!(s, "| size | backlog | raw msgs/s | raw MB/s | jetway msgs/s | jetway MB/s | jetway / raw | CPU s per MB, raw consumer | CPU s per MB, jetway | redelivered |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &r.sizes {
