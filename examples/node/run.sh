@@ -28,14 +28,18 @@ trap cleanup EXIT
 
 fail() { echo "$name: $*" >&2; exit 1; }
 
-# A port nothing listens on (bash only; a race with another program is
-# possible but harmless: the start then fails loudly).
+# free_port VAR: sets VAR to a port nothing listens on (bash only). Ports
+# come from below the kernel's range for outgoing connections (32768 and
+# up by default), so no client's connection can take one before it is
+# bound, and each call looks from after the last port it gave, so two calls
+# never give the same one.
+next_port=$((20000 + RANDOM % 12000))
 free_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 40000))
-    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  while (echo >"/dev/tcp/127.0.0.1/$next_port") 2>/dev/null; do
+    next_port=$((next_port + 1))
   done
+  printf -v "$1" '%s' "$next_port"
+  next_port=$((next_port + 1))
 }
 
 # wait_until SECONDS WHAT COMMAND...: polls COMMAND until it succeeds.
@@ -65,9 +69,10 @@ fi
 [ -x "$JETWAY_BIN" ] || fail "jetway binary not found at $JETWAY_BIN"
 
 # --- start everything on free ports
-NATS_PORT=$(free_port)
+free_port NATS_PORT
 export NATS_URL="nats://127.0.0.1:$NATS_PORT"
-export JETWAY_API_PORT=$(free_port) JETWAY_METRICS_PORT=$(free_port) SERVICE_PORT=$(free_port)
+free_port JETWAY_API_PORT; free_port JETWAY_METRICS_PORT; free_port SERVICE_PORT
+export JETWAY_API_PORT JETWAY_METRICS_PORT SERVICE_PORT
 export WEBHOOK_SECRET="whsec_$(head -c 24 /dev/urandom | base64)"
 export JETWAY_URL="http://127.0.0.1:$JETWAY_API_PORT"
 
