@@ -23,11 +23,12 @@ use jetway::reads::{history_consumer, history_direct, Target};
 
 type Res<T> = Result<T, String>;
 
+#[path = "../tests/common/ports.rs"]
+mod ports;
+
+/// A port to start a server on (the tests' own `free_port`).
 fn free_port() -> Res<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
+    Ok(ports::free_port())
 }
 
 fn rss_mib() -> f64 {

@@ -21,6 +21,7 @@
 //! a request costs no copy; a head to escape is taken back and rewritten.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -181,9 +182,13 @@ enum Head {
 }
 
 fn head(buf: &[u8]) -> Head {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let len = match request.parse(buf) {
+    // Left uninitialised: httparse writes the ones it fills and the
+    // request shows only those. Zeroing all 100 first was half of what
+    // following a head cost (callgrind, 256 B publishes on 64
+    // connections: 591 instructions per request, 312 without).
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Partial,
         Err(_) => return Head::Unfollowed,

@@ -10,9 +10,13 @@ use tokio::process::{Child, ChildStdin, Command};
 
 use crate::{Ctx, Res};
 
+#[path = "../../tests/common/ports.rs"]
+mod ports;
+
+/// A port to start a server on, below the range the kernel hands out for
+/// outgoing connections (the tests' own `free_port`).
 pub fn free_port() -> Res<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").ctx("binding a free port")?;
-    Ok(l.local_addr().ctx("local addr")?.port())
+    Ok(ports::free_port())
 }
 
 /// Waits until something accepts TCP connections on `port`.
