@@ -22,8 +22,8 @@ struct RawItem<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     /// Borrowed unless it holds JSON escapes (base64 needs none).
-    #[serde(default, borrow, deserialize_with = "text")]
-    data_base64: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "base64_text")]
+    data_base64: Option<Cow<'a, [u8]>>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default)]
@@ -36,28 +36,47 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     <&'de RawValue>::deserialize(d).map(Some)
 }
 
-/// A string borrowed from the body unless it holds escapes; `null` is none.
-/// By hand because serde borrows a `Cow<str>` only when it is not inside an
-/// `Option`: the derived `Option<Cow<str>>` copied every `data_base64`
-/// (2.2 MB of memcpy in a batch of 100 x 16 KiB).
-fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+/// The text of `data_base64` as the bytes between its quotes, borrowed
+/// from the body unless it holds escapes; `null` is none. Read as bytes,
+/// not as a `str`: serde_json then finds the closing quote with `memchr`
+/// (SIMD) and skips the UTF-8 check, where a `str` is scanned 8 bytes at a
+/// time and then checked again, and the base64 text is nearly all of a
+/// batch body (BENCHMARKS.md, round 5). What is not base64, a control
+/// character or a byte beyond ASCII included, is refused by the decoding
+/// ([`parse_body`]) as it was by serde before. By hand, too, because serde
+/// borrows a `Cow` only when it is not inside an `Option`: the derived
+/// `Option<Cow<str>>` copied every `data_base64` (2.2 MB of memcpy in a
+/// batch of 100 x 16 KiB).
+fn base64_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, [u8]>>, D::Error> {
     struct Text;
     impl<'de> serde::de::Visitor<'de> for Text {
-        type Value = Option<Cow<'de, str>>;
+        type Value = Option<Cow<'de, [u8]>>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a base64 string")
         }
-        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-            Ok(Some(Cow::Borrowed(v)))
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(Cow::Owned(v.to_owned())))
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
         }
         fn visit_unit<E>(self) -> Result<Self::Value, E> {
             Ok(None)
         }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_bytes(Text)
+        }
+        fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_vec())))
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v.as_bytes())))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.as_bytes().to_vec())))
+        }
     }
-    d.deserialize_any(Text)
+    d.deserialize_option(Text)
 }
 
 /// One parsed item: the payload is the JSON text of `data` byte for byte, or
@@ -92,14 +111,14 @@ enum Source {
     /// `data_base64`, these bytes of the body.
     Base64(std::ops::Range<usize>),
     /// `data_base64` written with JSON escapes, unescaped by serde.
-    Escaped(String),
+    Escaped(Vec<u8>),
     /// The JSON text of `data`, when it is not found in the body (serde
     /// borrows it from there, so never, but never assumed either).
     OwnedJson(String),
 }
 
 /// Where `part`, borrowed from `body`, lies in it.
-fn range_in(body: &[u8], part: &str) -> Option<std::ops::Range<usize>> {
+fn range_in(body: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
     let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     let end = start.checked_add(part.len())?;
     (end <= body.len()).then_some(start..end)
@@ -113,13 +132,13 @@ fn sources(raw: &[RawItem<'_>], body: &[u8]) -> Result<Vec<Source>, ApiError> {
             (Some(_), Some(_)) => Err(ApiError::BatchInvalid(format!(
                 "item {position}: give data or data_base64, not both"
             ))),
-            (Some(data), None) => Ok(match range_in(body, data.get()) {
+            (Some(data), None) => Ok(match range_in(body, data.get().as_bytes()) {
                 Some(range) => Source::Json(range),
                 None => Source::OwnedJson(data.get().to_string()),
             }),
             (None, Some(Cow::Borrowed(b64))) => Ok(match range_in(body, b64) {
                 Some(range) => Source::Base64(range),
-                None => Source::Escaped((*b64).to_string()),
+                None => Source::Escaped(b64.to_vec()),
             }),
             (None, Some(Cow::Owned(b64))) => Ok(Source::Escaped(b64.clone())),
             (None, None) => Ok(Source::None),
@@ -176,7 +195,7 @@ pub fn parse_body(body: Bytes, ndjson: bool) -> Result<Vec<Item>, ApiError> {
             Source::Escaped(b64) => {
                 let start = escaped.len();
                 base64_simd::STANDARD
-                    .decode_append(b64.as_bytes(), &mut escaped)
+                    .decode_append(&b64, &mut escaped)
                     .map_err(|_| invalid())?;
                 (Place::Escaped(start..escaped.len()), false)
             }
@@ -426,15 +445,26 @@ mod tests {
     fn base64_text_is_borrowed_unless_escaped() {
         let item: RawItem =
             serde_json::from_slice(br#"{"subject":"a","data_base64":"a/8="}"#).expect("plain");
-        assert!(matches!(item.data_base64, Some(Cow::Borrowed("a/8="))));
+        assert!(matches!(item.data_base64, Some(Cow::Borrowed(b"a/8="))));
         let escaped: RawItem =
             serde_json::from_slice(br#"{"subject":"a","data_base64":"a\/8="}"#).expect("escaped");
-        assert!(matches!(escaped.data_base64.as_deref(), Some("a/8=")));
+        assert!(matches!(escaped.data_base64, Some(Cow::Owned(ref b)) if b == b"a/8="));
         let none = parse(br#"[{"subject":"a","data_base64":null}]"#, false).expect("null");
         assert!(none[0].payload.is_empty() && !none[0].is_json);
+        // Read as bytes, the text is checked by the decoding alone: a
+        // control character, a byte that is not UTF-8 or an escaped
+        // character beyond ASCII is refused as serde refused the first
+        // two. Each is 4 bytes once unescaped, like `YQ==` ("a"), which
+        // passes with `Q` written as `\u0051`.
+        let escaped_q = parse(br#"[{"subject":"a","data_base64":"Y\u0051=="}]"#, false);
+        assert_eq!(escaped_q.expect("escaped Q")[0].payload.as_ref(), b"a");
         for bad in [
             &br#"[{"subject":"a","data_base64":5}]"#[..],
             br#"[{"subject":"a","data_base64":["YQ=="]}]"#,
+            b"[{\"subject\":\"a\",\"data_base64\":\"Y\x01==\"}]",
+            b"[{\"subject\":\"a\",\"data_base64\":\"Y\xff==\"}]",
+            br#"[{"subject":"a","data_base64":"Y\u00e9="}]"#,
+            br#"[{"subject":"a","data_base64":"Y\ud800"}]"#,
         ] {
             assert_eq!(
                 parse(bad, false).expect_err("not a string").code(),

@@ -1,0 +1,40 @@
+#!/bin/bash
+# usage: cpu_batch.sh CONNS BIN...: batches/s and CPU ms per batch (100 x 16 KiB, NDJSON,
+# data_base64) of each jetway binary under wrk, alternated 3 times, each on a fresh nats-server
+C=$1; shift
+OUT=$(mktemp -d); export OUT
+python3 - > "$OUT/batch16k.ndjson" <<'PY'
+import base64, sys
+d = base64.b64encode(b'b' * 16384).decode()
+sys.stdout.write(''.join('{"subject":"pub.b","data_base64":"%s"}\n' % d for _ in range(100)))
+PY
+cp /work/main/bench/profile/postbatch.lua $OUT/
+fp() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+PORT=$(fp)
+API=127.0.0.1:$(fp); MET=127.0.0.1:$(fp)
+cat > $OUT/cfg.yaml <<YAML
+app_id: prof
+nats: { url: "nats://127.0.0.1:$PORT" }
+api: { listen: "$API" }
+metrics: { listen: "$MET" }
+streams:
+  - { name: BENCH, subjects: ["pub.>"], storage: file, replicas: 1, max_age: 1h, duplicate_window: 2m }
+YAML
+for round in 1 2 3; do
+ for BIN in "$@"; do
+  STORE=$(mktemp -d)
+  nats-server -js -a 127.0.0.1 -p $PORT -sd $STORE >/dev/null 2>&1 & NPID=$!
+  sleep 1
+  $BIN run --config $OUT/cfg.yaml 2>$OUT/jw.err & JP=$!
+  until curl -sf http://$MET/readyz >/dev/null; do sleep 0.2; kill -0 $JP 2>/dev/null || { cat $OUT/jw.err; exit 1; }; done
+  wrk -t1 -c$C -d2s -s $OUT/postbatch.lua http://$API/v1/publish >/dev/null
+  T0=$(awk '{print $14+$15}' /proc/$JP/stat)
+  wrk -t1 -c$C -d8s -s $OUT/postbatch.lua http://$API/v1/publish > $OUT/wrk.txt
+  T1=$(awk '{print $14+$15}' /proc/$JP/stat)
+  N=$(grep "requests in" $OUT/wrk.txt | awk '{print $1}')
+  python3 -c "import os;t=os.sysconf('SC_CLK_TCK');print(f'$(basename $BIN) c$C: {$N/8:.0f} batches/s, {($T1-$T0)/t*1000/$N:.2f} ms CPU per batch')"
+  kill -TERM $JP; wait $JP 2>/dev/null
+  kill $NPID; wait $NPID 2>/dev/null; rm -rf $STORE
+ done
+done
+rm -rf $OUT
