@@ -258,6 +258,66 @@ pub async fn raw_closed(
     collect(tasks, started).await
 }
 
+/// Raw publishing the way one batch request publishes: each of `lanes`
+/// sends `burst` messages, awaits their `burst` PubAcks, and only then
+/// sends the next burst. [`raw_closed`] keeps its window full all the time;
+/// a client that waits for each batch's answer cannot, so this is the most
+/// a batch at that many connections could get with no HTTP and no parsing.
+/// The latency recorded is a whole burst's.
+pub async fn raw_bursts(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    payload: Bytes,
+    lanes: usize,
+    burst: usize,
+    stop: Stop,
+) -> Res<Run> {
+    let barrier = Arc::new(Barrier::new(lanes + 1));
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        let (barrier, issued, js, payload, subject) = (
+            barrier.clone(),
+            issued.clone(),
+            js.clone(),
+            payload.clone(),
+            subject.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram();
+            let mut ok = 0u64;
+            barrier.wait().await;
+            let until = Instant::now() + stop.duration;
+            let mut last = Instant::now();
+            loop {
+                let n = issued.fetch_add(burst as u64, Ordering::Relaxed);
+                if stop.max_requests.is_some_and(|m| n >= m) || Instant::now() >= until {
+                    break;
+                }
+                let t = Instant::now();
+                let mut acks = Vec::with_capacity(burst);
+                for _ in 0..burst {
+                    acks.push(
+                        js.publish(subject.clone(), payload.clone())
+                            .await
+                            .ctx(&format!("raw publish to {subject}"))?,
+                    );
+                }
+                for ack in acks {
+                    ack.await.ctx(&format!("PubAck for {subject}"))?;
+                }
+                last = Instant::now();
+                let _ = hist.record((last - t).as_nanos() as u64);
+                ok += burst as u64;
+            }
+            Ok::<_, String>((ok, hist, last))
+        }));
+    }
+    barrier.wait().await;
+    let started = Instant::now();
+    collect(tasks, started).await
+}
+
 /// Raw publishing on a schedule (open loop), latency as in [`http_open`].
 pub async fn raw_open(
     js: &async_nats::jetstream::Context,

@@ -578,6 +578,15 @@ async fn publish(b: &Bench, r: &mut Results) -> Res<()> {
 
 /// Batch publish of `batch_items` per request against raw publishing with
 /// as many PubAcks outstanding as the batch connections offer.
+/// What the batch phase alternates: raw publish with the batch's messages
+/// in flight all the time, raw publish in bursts of one batch, jetway.
+#[derive(Clone, Copy)]
+enum Batcher {
+    Raw,
+    Bursts,
+    Jetway,
+}
+
 async fn batch(b: &Bench, r: &mut Results) -> Res<()> {
     eprintln!("  batch publish against raw publish with the same number in flight");
     let jpid = b.jetway_pid()?;
@@ -587,31 +596,43 @@ async fn batch(b: &Bench, r: &mut Results) -> Res<()> {
         let payload = Bytes::from(vec![b'b'; p]);
         for &c in &b.plan.conns {
             let subject = format!("pub.b.c{c}.p{p}");
-            let (mut raw, mut jw) = (Acc::default(), Acc::default());
+            let (mut raw, mut bursts, mut jw) = (Acc::default(), Acc::default(), Acc::default());
+            let mut stop = b.plan.stop;
+            stop.max_requests = stop.max_requests.map(|m| m * items as u64);
             for round in 0..b.plan.rounds {
-                for first in [round % 2 == 0, round % 2 != 0] {
-                    if first {
-                        let mut stop = b.plan.stop;
-                        stop.max_requests = stop.max_requests.map(|m| m * items as u64);
-                        raw.add(
+                let order = if round % 2 == 0 {
+                    [Batcher::Raw, Batcher::Bursts, Batcher::Jetway]
+                } else {
+                    [Batcher::Jetway, Batcher::Bursts, Batcher::Raw]
+                };
+                for sys in order {
+                    match sys {
+                        Batcher::Raw => raw.add(
                             &load::raw_closed(&b.js, &subject, payload.clone(), c * items, stop)
                                 .await?,
                             0.0,
-                        );
-                    } else {
-                        let make = batch_request(&b.jetway.api, &subject, &payload, items);
-                        let (run, cpu) = b
-                            .http_run(jpid, &b.jetway.api, c, b.plan.stop, make)
-                            .await?;
-                        jw.add_scaled(&run, cpu, items as u64);
+                        ),
+                        Batcher::Bursts => bursts.add(
+                            &load::raw_bursts(&b.js, &subject, payload.clone(), c, items, stop)
+                                .await?,
+                            0.0,
+                        ),
+                        Batcher::Jetway => {
+                            let make = batch_request(&b.jetway.api, &subject, &payload, items);
+                            let (run, cpu) = b
+                                .http_run(jpid, &b.jetway.api, c, b.plan.stop, make)
+                                .await?;
+                            jw.add_scaled(&run, cpu, items as u64);
+                        }
                     }
                     b.purge(BENCH_STREAM).await?;
                 }
             }
             eprintln!(
-                "    {p:>5} B x {c:>2} x {items}: raw ({} in flight) {:>8.0}/s  jetway batch {:>8.0}/s",
+                "    {p:>5} B x {c:>2} x {items}: raw ({} in flight) {:>8.0}/s  raw in bursts of {items} {:>8.0}/s  jetway batch {:>8.0}/s",
                 c * items,
                 raw.rate(),
+                bursts.rate(),
                 jw.rate()
             );
             r.batch.push(BatchCell {
@@ -620,8 +641,10 @@ async fn batch(b: &Bench, r: &mut Results) -> Res<()> {
                 items,
                 raw_in_flight: c * items,
                 raw: raw.rate(),
+                raw_bursts: bursts.rate(),
                 jetway: jw.rate(),
                 ratio: jw.rate() / raw.rate(),
+                ratio_to_bursts: jw.rate() / bursts.rate(),
                 jetway_cpu_s_per_10k: jw.cpu_per_10k(),
             });
         }

@@ -148,9 +148,14 @@ pub struct BatchCell {
     pub items: usize,
     pub raw_in_flight: usize,
     pub raw: f64,
+    /// Raw publishing in bursts of `items`, each burst's PubAcks awaited
+    /// before the next (what a batch request does, without HTTP).
+    pub raw_bursts: f64,
     pub jetway: f64,
     /// jetway batch / raw
     pub ratio: f64,
+    /// jetway batch / raw in bursts
+    pub ratio_to_bursts: f64,
     pub jetway_cpu_s_per_10k: f64,
 }
 
@@ -546,10 +551,13 @@ pub fn table(r: &Results) -> String {
     for c in &r.batch {
         let _ = writeln!(
             s,
-            "| batch publish ({} items), {} x {} conns | {} | raw publish, {} in flight {} | {:.2} | >= 0.7 | {} |",
+            "| batch publish ({} items), {} x {} conns (raw in bursts of {} {}: {:.2} of it) | {} | raw publish, {} in flight {} | {:.2} | >= 0.7 | {} |",
             c.items,
             size(c.payload),
             c.conns,
+            c.items,
+            fmt_rate(c.raw_bursts),
+            c.ratio_to_bursts,
             fmt_rate(c.jetway),
             c.raw_in_flight,
             fmt_rate(c.raw),
