@@ -576,8 +576,6 @@ async fn publish(b: &Bench, r: &mut Results) -> Res<()> {
     Ok(())
 }
 
-/// Batch publish of `batch_items` per request against raw publishing with
-/// as many PubAcks outstanding as the batch connections offer.
 /// What the batch phase alternates: raw publish with the batch's messages
 /// in flight all the time, raw publish in bursts of one batch, jetway.
 #[derive(Clone, Copy)]
@@ -587,6 +585,9 @@ enum Batcher {
     Jetway,
 }
 
+/// Batch publish of `batch_items` per request against raw publishing with
+/// as many PubAcks outstanding as the batch connections offer, and against
+/// raw publishing in bursts of `batch_items` (for comparison).
 async fn batch(b: &Bench, r: &mut Results) -> Res<()> {
     eprintln!("  batch publish against raw publish with the same number in flight");
     let jpid = b.jetway_pid()?;
