@@ -214,7 +214,7 @@ pub async fn http_open(
 }
 
 /// Raw JetStream publishing: `in_flight` tasks, each publishing and awaiting
-/// its PubAck before the next (closed loop).
+/// its PubAck before the next (closed loop): bursts of one.
 pub async fn raw_closed(
     js: &async_nats::jetstream::Context,
     subject: &str,
@@ -222,40 +222,7 @@ pub async fn raw_closed(
     in_flight: usize,
     stop: Stop,
 ) -> Res<Run> {
-    let barrier = Arc::new(Barrier::new(in_flight + 1));
-    let issued = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(in_flight);
-    for _ in 0..in_flight {
-        let (barrier, issued, js, payload, subject) = (
-            barrier.clone(),
-            issued.clone(),
-            js.clone(),
-            payload.clone(),
-            subject.to_string(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut hist = histogram();
-            let mut ok = 0u64;
-            barrier.wait().await;
-            let until = Instant::now() + stop.duration;
-            let mut last = Instant::now();
-            loop {
-                let n = issued.fetch_add(1, Ordering::Relaxed);
-                if stop.max_requests.is_some_and(|m| n >= m) || Instant::now() >= until {
-                    break;
-                }
-                let t = Instant::now();
-                publish_acked(&js, &subject, payload.clone()).await?;
-                last = Instant::now();
-                let _ = hist.record((last - t).as_nanos() as u64);
-                ok += 1;
-            }
-            Ok::<_, String>((ok, hist, last))
-        }));
-    }
-    barrier.wait().await;
-    let started = Instant::now();
-    collect(tasks, started).await
+    raw_bursts(js, subject, payload, in_flight, 1, stop).await
 }
 
 /// Raw publishing the way one batch request publishes: each of `lanes`
@@ -289,13 +256,14 @@ pub async fn raw_bursts(
             barrier.wait().await;
             let until = Instant::now() + stop.duration;
             let mut last = Instant::now();
+            // One vector for the lane's whole run: no allocation per burst.
+            let mut acks = Vec::with_capacity(burst);
             loop {
                 let n = issued.fetch_add(burst as u64, Ordering::Relaxed);
                 if stop.max_requests.is_some_and(|m| n >= m) || Instant::now() >= until {
                     break;
                 }
                 let t = Instant::now();
-                let mut acks = Vec::with_capacity(burst);
                 for _ in 0..burst {
                     acks.push(
                         js.publish(subject.clone(), payload.clone())
@@ -303,7 +271,7 @@ pub async fn raw_bursts(
                             .ctx(&format!("raw publish to {subject}"))?,
                     );
                 }
-                for ack in acks {
+                for ack in acks.drain(..) {
                     ack.await.ctx(&format!("PubAck for {subject}"))?;
                 }
                 last = Instant::now();
