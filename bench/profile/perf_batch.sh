@@ -3,22 +3,11 @@
 # 100 x 16 KiB NDJSON batches for 6 s into /tmp/perf.data; then perf report -i /tmp/perf.data --no-children --sort sym
 BIN=$1; C=${2:-1}
 OUT=$(mktemp -d); export OUT
-python3 - > "$OUT/batch16k.ndjson" <<'PY'
-import base64, sys
-d = base64.b64encode(b'b' * 16384).decode()
-sys.stdout.write(''.join('{"subject":"pub.b","data_base64":"%s"}\n' % d for _ in range(100)))
-PY
-cp /work/main/bench/profile/postbatch.lua $OUT/
-fp() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+HERE=$(cd "$(dirname "$0")" && pwd); . "$HERE/common.sh"
+batch_body "$OUT/batch16k.ndjson"
+cp "$HERE/postbatch.lua" "$OUT"/
 PORT=$(fp); API=127.0.0.1:$(fp); MET=127.0.0.1:$(fp)
-cat > $OUT/cfg.yaml <<YAML
-app_id: prof
-nats: { url: "nats://127.0.0.1:$PORT" }
-api: { listen: "$API" }
-metrics: { listen: "$MET" }
-streams:
-  - { name: BENCH, subjects: ["pub.>"], storage: file, replicas: 1, max_age: 1h, duplicate_window: 2m }
-YAML
+bench_cfg $OUT/cfg.yaml $PORT $API $MET
 STORE=$(mktemp -d)
 nats-server -js -a 127.0.0.1 -p $PORT -sd $STORE >/dev/null 2>&1 & NPID=$!
 sleep 1

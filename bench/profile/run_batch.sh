@@ -1,29 +1,17 @@
 #!/bin/bash
-# usage: run_pub.sh jetway|bridge CONNS PAYLOADFILE
+# usage: run_batch.sh jetway|bridge CONNS   (100 x 16 KiB NDJSON per request)
 set -e
 OUT=${OUT:-/tmp/jetway-prof}; export OUT; mkdir -p "$OUT"
-HERE=$(cd "$(dirname "$0")" && pwd); cp "$HERE"/*.lua "$HERE"/sink.py "$OUT"/
-python3 - > "$OUT/batch16k.ndjson" <<'PY'
-import base64, sys
-d = base64.b64encode(b'b' * 16384).decode()
-sys.stdout.write(''.join('{"subject":"pub.b","data_base64":"%s"}\n' % d for _ in range(100)))
-PY
+HERE=$(cd "$(dirname "$0")" && pwd); . "$HERE/common.sh"; cp "$HERE"/*.lua "$HERE"/sink.py "$OUT"/
+batch_body "$OUT/batch16k.ndjson"
 WHAT=$1; C=$2
-PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+PORT=$(fp)
 STORE=$(mktemp -d)
 nats-server -js -a 127.0.0.1 -p $PORT -sd $STORE >/dev/null 2>&1 &
 NPID=$!
 sleep 1
-fp() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 API=127.0.0.1:$(fp); MET=127.0.0.1:$(fp)
-cat > ${OUT:-/tmp/jetway-prof}/cfg.yaml <<YAML
-app_id: prof
-nats: { url: "nats://127.0.0.1:$PORT" }
-api: { listen: "$API" }
-metrics: { listen: "$MET" }
-streams:
-  - { name: BENCH, subjects: ["pub.>"], storage: file, replicas: 1, max_age: 1h, duplicate_window: 2m }
-YAML
+bench_cfg ${OUT:-/tmp/jetway-prof}/cfg.yaml $PORT $API $MET
 if [ $WHAT = jetway ]; then
   valgrind --tool=callgrind --callgrind-out-file=${OUT:-/tmp/jetway-prof}/cg.batch.$WHAT.$C ${JETWAY_BIN:-/work/target-bench/release/jetway} run --config ${OUT:-/tmp/jetway-prof}/cfg.yaml 2>${OUT:-/tmp/jetway-prof}/vg.$WHAT.log &
   VPID=$!

@@ -2,9 +2,8 @@
 # usage: run_del.sh N  -> profiles jetway delivery and the bare loop, concurrency 16
 set -e
 OUT=${OUT:-/tmp/jetway-prof}; export OUT; mkdir -p "$OUT"
-HERE=$(cd "$(dirname "$0")" && pwd); cp "$HERE"/*.lua "$HERE"/sink.py "$OUT"/
+HERE=$(cd "$(dirname "$0")" && pwd); . "$HERE/common.sh"; cp "$HERE"/*.lua "$HERE"/sink.py "$OUT"/
 N=$1
-fp() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 PORT=$(fp); SINKP=$(fp); API=127.0.0.1:$(fp); MET=127.0.0.1:$(fp)
 STORE=$(mktemp -d)
 nats-server -js -a 127.0.0.1 -p $PORT -sd $STORE >/dev/null 2>&1 & NPID=$!
