@@ -12,7 +12,7 @@ OUT=${OUT:-/tmp/jetway-phases}; export OUT; mkdir -p "$OUT"
 HERE=$(cd "$(dirname "$0")" && pwd); . "$HERE/common.sh"
 ROOT=$(cd "$HERE/../.." && pwd)
 C=${1:-1}
-batch_body "$OUT/batch16k.ndjson"; cp "$HERE/postbatch.lua" "$OUT"/
+batch_body "$OUT/batch.ndjson"; cp "$HERE/postbatch.lua" "$OUT"/
 rm -rf "$OUT/src-copy"; mkdir -p "$OUT/src-copy"
 (cd "$ROOT" && git ls-files -z | xargs -0 cp --parents -t "$OUT/src-copy")
 (cd "$OUT/src-copy" && patch -p1 -s < "$HERE/batch_phases.patch")

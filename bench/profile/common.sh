@@ -16,12 +16,13 @@ streams:
 YAML
 }
 
-# batch_body FILE: 100 NDJSON items of 16 KiB each as data_base64, on pub.b
-# (what postbatch.lua sends, from $OUT/batch16k.ndjson).
+# batch_body FILE: 100 NDJSON items as data_base64 on pub.b, each of
+# $ITEM_BYTES bytes (16 KiB unless set): what postbatch.lua sends, from
+# $OUT/batch.ndjson.
 batch_body() {
-  python3 - > "$1" <<'PY'
-import base64, sys
-d = base64.b64encode(b'b' * 16384).decode()
+  ITEM_BYTES=${ITEM_BYTES:-16384} python3 - > "$1" <<'PY'
+import base64, os, sys
+d = base64.b64encode(b'b' * int(os.environ["ITEM_BYTES"])).decode()
 sys.stdout.write(''.join('{"subject":"pub.b","data_base64":"%s"}\n' % d for _ in range(100)))
 PY
 }

@@ -1,10 +1,10 @@
 #!/bin/bash
-# usage: cpu_batch.sh CONNS BIN...: batches/s and CPU ms per batch (100 x 16 KiB, NDJSON,
+# usage: cpu_batch.sh CONNS BIN...: batches/s and CPU ms per batch (100 x 16 KiB or ITEM_BYTES, NDJSON,
 # data_base64) of each jetway binary under wrk, alternated 3 times, each on a fresh nats-server
 C=$1; shift
 OUT=$(mktemp -d); export OUT
 HERE=$(cd "$(dirname "$0")" && pwd); . "$HERE/common.sh"
-batch_body "$OUT/batch16k.ndjson"
+batch_body "$OUT/batch.ndjson"
 cp "$HERE/postbatch.lua" "$OUT"/
 PORT=$(fp)
 API=127.0.0.1:$(fp); MET=127.0.0.1:$(fp)

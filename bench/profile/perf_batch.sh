@@ -4,7 +4,7 @@
 BIN=$1; C=${2:-1}
 OUT=$(mktemp -d); export OUT
 HERE=$(cd "$(dirname "$0")" && pwd); . "$HERE/common.sh"
-batch_body "$OUT/batch16k.ndjson"
+batch_body "$OUT/batch.ndjson"
 cp "$HERE/postbatch.lua" "$OUT"/
 PORT=$(fp); API=127.0.0.1:$(fp); MET=127.0.0.1:$(fp)
 bench_cfg $OUT/cfg.yaml $PORT $API $MET

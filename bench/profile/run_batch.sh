@@ -1,9 +1,9 @@
 #!/bin/bash
-# usage: run_batch.sh jetway|bridge CONNS   (100 x 16 KiB NDJSON per request)
+# usage: [ITEM_BYTES=N] run_batch.sh jetway|bridge CONNS   (100 x 16 KiB NDJSON items per request, or N bytes each)
 set -e
 OUT=${OUT:-/tmp/jetway-prof}; export OUT; mkdir -p "$OUT"
 HERE=$(cd "$(dirname "$0")" && pwd); . "$HERE/common.sh"; cp "$HERE"/*.lua "$HERE"/sink.py "$OUT"/
-batch_body "$OUT/batch16k.ndjson"
+batch_body "$OUT/batch.ndjson"
 WHAT=$1; C=$2
 PORT=$(fp)
 STORE=$(mktemp -d)

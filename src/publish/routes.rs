@@ -46,7 +46,16 @@ pub async fn publish_one(
 
 #[derive(Serialize)]
 struct BatchAnswer {
-    results: Vec<serde_json::Value>,
+    results: Vec<ItemAnswer>,
+}
+
+/// One item's answer, written out as it is: no JSON tree built per stored
+/// item on the way to the body.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ItemAnswer {
+    Stored(super::Stored),
+    Failed(serde_json::Value),
 }
 
 /// `POST /v1/publish`: a batch.
@@ -82,8 +91,8 @@ pub async fn publish_batch(
             let results = results
                 .into_iter()
                 .map(|r| match r {
-                    Ok(stored) => serde_json::to_value(stored).unwrap_or_default(),
-                    Err(e) => e.body(),
+                    Ok(stored) => ItemAnswer::Stored(stored),
+                    Err(e) => ItemAnswer::Failed(e.body()),
                 })
                 .collect();
             let status = if all_ok {
