@@ -69,12 +69,6 @@ fn base64_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de,
         fn visit_bytes<E>(self, v: &[u8]) -> Result<Self::Value, E> {
             Ok(Some(Cow::Owned(v.to_vec())))
         }
-        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-            Ok(Some(Cow::Borrowed(v.as_bytes())))
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(Cow::Owned(v.as_bytes().to_vec())))
-        }
     }
     d.deserialize_option(Text)
 }
