@@ -23,13 +23,10 @@ use jetway::reads::{history_consumer, history_direct, Target};
 
 type Res<T> = Result<T, String>;
 
+/// A port to start a server on: the tests' own `free_port`.
 #[path = "../tests/common/ports.rs"]
 mod ports;
-
-/// A port to start a server on (the tests' own `free_port`).
-fn free_port() -> Res<u16> {
-    Ok(ports::free_port())
-}
+use ports::free_port;
 
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -89,7 +86,7 @@ async fn run() -> Res<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let store = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = free_port()?;
+    let port = free_port();
     let mut server = std::process::Command::new(&bin)
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(store.path())
@@ -105,7 +102,7 @@ async fn run() -> Res<()> {
 
 async fn bench(port: u16, total: usize, entities: usize, version: &str) -> Res<()> {
     let url = format!("nats://127.0.0.1:{port}");
-    let (api, metrics) = (free_port()?, free_port()?);
+    let (api, metrics) = (free_port(), free_port());
     let yaml = format!(
         "app_id: bench\nnats: {{ url: \"{url}\" }}\n\
          api: {{ listen: \"127.0.0.1:{api}\", max_live: 4 }}\n\

@@ -186,6 +186,17 @@ fn stream_config(name: &str, subject: &str) -> stream::Config {
     }
 }
 
+/// The order three systems take their turns in round `round` of a
+/// comparison: as given in even rounds, reversed in odd ones, so none is
+/// always the first to run on a fresh or a warm machine.
+pub fn turns<T: Copy>(round: usize, order: [T; 3]) -> [T; 3] {
+    if round.is_multiple_of(2) {
+        order
+    } else {
+        [order[2], order[1], order[0]]
+    }
+}
+
 fn sub_name(c: usize, p: usize) -> String {
     format!("c{c}-p{p}")
 }
@@ -519,11 +530,7 @@ async fn publish(b: &Bench, r: &mut Results) -> Res<()> {
             let subject = format!("pub.s.c{c}.p{p}");
             let (mut raw, mut bridge, mut jw) = (Acc::default(), Acc::default(), Acc::default());
             for round in 0..b.plan.rounds {
-                let order = if round % 2 == 0 {
-                    [System::Raw, System::Bridge, System::Jetway]
-                } else {
-                    [System::Jetway, System::Bridge, System::Raw]
-                };
+                let order = turns(round, [System::Raw, System::Bridge, System::Jetway]);
                 for sys in order {
                     match sys {
                         System::Raw => {
@@ -601,11 +608,7 @@ async fn batch(b: &Bench, r: &mut Results) -> Res<()> {
             let mut stop = b.plan.stop;
             stop.max_requests = stop.max_requests.map(|m| m * items as u64);
             for round in 0..b.plan.rounds {
-                let order = if round % 2 == 0 {
-                    [Batcher::Raw, Batcher::Bursts, Batcher::Jetway]
-                } else {
-                    [Batcher::Jetway, Batcher::Bursts, Batcher::Raw]
-                };
+                let order = turns(round, [Batcher::Raw, Batcher::Bursts, Batcher::Jetway]);
                 for sys in order {
                     match sys {
                         Batcher::Raw => raw.add(
@@ -849,11 +852,7 @@ async fn latency_one(b: &Bench, r: &mut Results) -> Res<()> {
         let subject = format!("pub.l1.p{p}");
         let (mut raw, mut bridge, mut jw) = (Acc::default(), Acc::default(), Acc::default());
         for round in 0..b.plan.rounds {
-            let order = if round % 2 == 0 {
-                [System::Raw, System::Bridge, System::Jetway]
-            } else {
-                [System::Jetway, System::Bridge, System::Raw]
-            };
+            let order = turns(round, [System::Raw, System::Bridge, System::Jetway]);
             for sys in order {
                 match sys {
                     System::Raw => raw.add(
@@ -906,11 +905,7 @@ async fn latency_half_rate(b: &Bench, r: &mut Results) -> Res<()> {
         let stop = b.plan.latency_stop;
         let (mut raw, mut bridge, mut jw) = (Acc::default(), Acc::default(), Acc::default());
         for round in 0..b.plan.rounds {
-            let order = if round % 2 == 0 {
-                [System::Raw, System::Bridge, System::Jetway]
-            } else {
-                [System::Jetway, System::Bridge, System::Raw]
-            };
+            let order = turns(round, [System::Raw, System::Bridge, System::Jetway]);
             for sys in order {
                 match sys {
                     System::Raw => raw.add(

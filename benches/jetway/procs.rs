@@ -10,14 +10,11 @@ use tokio::process::{Child, ChildStdin, Command};
 
 use crate::{Ctx, Res};
 
+/// A port to start a server on, below the range the kernel hands out for
+/// outgoing connections: the tests' own `free_port`.
 #[path = "../../tests/common/ports.rs"]
 mod ports;
-
-/// A port to start a server on, below the range the kernel hands out for
-/// outgoing connections (the tests' own `free_port`).
-pub fn free_port() -> Res<u16> {
-    Ok(ports::free_port())
-}
+pub use ports::free_port;
 
 /// Waits until something accepts TCP connections on `port`.
 pub async fn wait_port(port: u16, what: &str, deadline: Duration) -> Res<()> {
@@ -73,8 +70,8 @@ impl Nats {
             .prefix("jetway-bench-nats-")
             .tempdir()
             .ctx("creating the nats store folder")?;
-        let port = free_port()?;
-        let monitor = free_port()?;
+        let port = free_port();
+        let monitor = free_port();
         let child = Command::new(&bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
             .args(["-m", &monitor.to_string(), "-sd"])
@@ -105,8 +102,8 @@ impl Nats {
             .prefix("jetway-bench-nats-")
             .tempdir()
             .ctx("creating the nats store folder")?;
-        let port = free_port()?;
-        let monitor = free_port()?;
+        let port = free_port();
+        let monitor = free_port();
         let conf = store.path().join("nats.conf");
         std::fs::write(
             &conf,
@@ -171,8 +168,8 @@ impl Jetway {
             .prefix("jetway-bench-")
             .tempdir()
             .ctx("creating the jetway folder")?;
-        let api = format!("127.0.0.1:{}", free_port()?);
-        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let api = format!("127.0.0.1:{}", free_port());
+        let metrics = format!("127.0.0.1:{}", free_port());
         let path = dir.path().join("jetway.yaml");
         std::fs::write(
             &path,

@@ -562,11 +562,7 @@ async fn connections(s: &Scale, bridge: &Role) -> Res<Vec<ConnRow>> {
         procs::reset_peak(jpid)?;
         let (mut raw, mut bridge, mut jw) = (Acc::default(), Acc::default(), Acc::default());
         for round in 0..s.shape.publish_rounds {
-            let order = if round % 2 == 0 {
-                [Who::Raw, Who::Bridge, Who::Jetway]
-            } else {
-                [Who::Jetway, Who::Bridge, Who::Raw]
-            };
+            let order = crate::turns(round, [Who::Raw, Who::Bridge, Who::Jetway]);
             for who in order {
                 match who {
                     Who::Raw => {
