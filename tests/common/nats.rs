@@ -199,11 +199,16 @@ impl Nats {
             .args(&self.extra_args)
             .stdout(Stdio::null())
             // NATS_SERVER_LOG=1 shows the server's log (permission
-            // violations, for one).
+            // violations, for one); otherwise it goes to a file in the
+            // store, which a failed connect shows.
             .stderr(if std::env::var_os("NATS_SERVER_LOG").is_some() {
                 Stdio::inherit()
             } else {
-                Stdio::null()
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.log_file())
+                    .map_or_else(|_| Stdio::null(), Stdio::from)
             })
             .spawn()
             .expect("spawn nats-server");
@@ -257,7 +262,26 @@ impl Nats {
         } else {
             async_nats::ConnectOptions::new()
         };
-        options.connect(self.url()).await.expect("connect")
+        match options.connect(self.url()).await {
+            Ok(client) => client,
+            Err(e) => panic!(
+                "connect to the test's nats-server at {}: {e}; its log ends:\n{}",
+                self.url(),
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// Where the server's log goes (unless `NATS_SERVER_LOG` is set).
+    fn log_file(&self) -> PathBuf {
+        self.store.path().join("nats-server.log")
+    }
+
+    /// The last lines of the server's log, for a failure's message.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 }
 
