@@ -8,7 +8,7 @@ if [ -n "$SINGLE" ]; then LUA=post.lua; TARGET=/v1/publish/pub.x; UNIT="publishe
 else LUA=postbatch.lua; TARGET=/v1/publish; UNIT="batches/s"; PER=1000; CPU="ms CPU per batch"; fi
 OUT=$(mktemp -d); export OUT
 HERE=$(cd "$(dirname "$0")" && pwd); . "$HERE/common.sh"
-batch_body "$OUT/batch.ndjson"
+[ -n "$SINGLE" ] || batch_body "$OUT/batch.ndjson"
 cp "$HERE/$LUA" "$OUT"/
 PORT=$(fp)
 API=127.0.0.1:$(fp); MET=127.0.0.1:$(fp)
