@@ -197,7 +197,7 @@ impl Delivery {
         let traceparent = span
             .traceparent()
             .and_then(|tp| hyper::header::HeaderValue::try_from(tp).ok());
-        request::build(env, &target, OffsetDateTime::now_utc(), traceparent)
+        request::build(env, &target, OffsetDateTime::now_utc, traceparent)
     }
 
     /// Sends `request` on one of the subscription's connections and reads

@@ -3,7 +3,7 @@
 //! Webhooks signatures and a fresh span id in `traceparent`.
 
 use base64::Engine;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
@@ -102,21 +102,78 @@ fn insert(headers: &mut hyper::HeaderMap, name: HeaderName, value: &[u8]) {
     }
 }
 
-/// Writes `args` into a buffer on the stack and returns what was written:
-/// header values made of a few numbers and names need no `String`.
-fn on_stack<'b>(buf: &'b mut [u8; 64], args: std::fmt::Arguments<'_>) -> Option<&'b [u8]> {
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    std::io::Write::write_fmt(&mut cursor, args).ok()?;
-    let n = usize::try_from(cursor.position()).ok()?;
-    buf.get(..n)
+/// The values of the headers that differ from message to message, written
+/// into one buffer: each value is then a slice of it. One allocation for
+/// all of them, where a `HeaderValue` made apiece costs one each.
+struct Values {
+    buf: BytesMut,
+    /// Where each value ends in `buf`, in the order of [`Values::NAMES`].
+    ends: [usize; 5],
 }
 
-/// Builds the POST for one attempt. `now` is the signing time;
-/// `traceparent` the attempt's span context, when the message has one.
+impl Values {
+    /// The headers, in the order their values are written.
+    const NAMES: [HeaderName; 5] = [SUBJECT, SEQUENCE, ATTEMPT, PUBLISHED_AT, IDEMPOTENCY_KEY];
+
+    fn write(env: &Envelope, key: IdempotencyKey<'_>) -> Values {
+        let key_len = match key {
+            IdempotencyKey::Id(id) => id.len(),
+            IdempotencyKey::Position(stream, _) => stream.len() + 21,
+        };
+        // Sequence and attempt take 20 digits at most, the timestamp 35.
+        let mut buf = BytesMut::with_capacity(env.subject.len() + key_len + 80);
+        let mut ends = [0; 5];
+        buf.extend_from_slice(env.subject.as_bytes());
+        ends[0] = buf.len();
+        let mut digits = itoa::Buffer::new();
+        buf.extend_from_slice(digits.format(env.sequence).as_bytes());
+        ends[1] = buf.len();
+        buf.extend_from_slice(digits.format(env.attempt).as_bytes());
+        ends[2] = buf.len();
+        if env
+            .published
+            .format_into(&mut (&mut buf).writer(), &Rfc3339)
+            .is_err()
+        {
+            // Left out, as an empty value is.
+            buf.truncate(ends[2]);
+        }
+        ends[3] = buf.len();
+        // The same text as `IdempotencyKey`'s `Display`.
+        match key {
+            IdempotencyKey::Id(id) => buf.extend_from_slice(id.as_bytes()),
+            IdempotencyKey::Position(stream, seq) => {
+                buf.extend_from_slice(stream.as_bytes());
+                buf.extend_from_slice(b":");
+                buf.extend_from_slice(digits.format(seq).as_bytes());
+            }
+        }
+        ends[4] = buf.len();
+        Values { buf, ends }
+    }
+
+    /// Inserts each value that is not empty and is a valid header value.
+    fn insert_into(self, headers: &mut hyper::HeaderMap) {
+        let buf = self.buf.freeze();
+        let mut start = 0;
+        for (name, end) in Self::NAMES.into_iter().zip(self.ends) {
+            if end > start {
+                if let Ok(v) = HeaderValue::from_maybe_shared(buf.slice(start..end)) {
+                    headers.insert(name, v);
+                }
+            }
+            start = end;
+        }
+    }
+}
+
+/// Builds the POST for one attempt. `now` gives the signing time, asked
+/// for only when the subscription signs; `traceparent` is the attempt's
+/// span context, when the message has one.
 pub fn build(
     env: &Envelope,
     target: &Target<'_>,
-    now: OffsetDateTime,
+    now: impl FnOnce() -> OffsetDateTime,
     traceparent: Option<HeaderValue>,
 ) -> Request<Full<Bytes>> {
     let mut request = Request::new(Full::new(env.payload.clone()));
@@ -145,36 +202,18 @@ pub fn build(
     if let Some(tp) = traceparent {
         headers.insert(TRACEPARENT, tp);
     }
-    let mut buf = [0u8; 64];
     let key = env.idempotency_key();
     headers.insert(SUBSCRIPTION, target.subscription.clone());
-    insert(headers, SUBJECT, env.subject.as_bytes());
     match target.stream {
         Some(stream) if stream.as_bytes() == env.stream.as_bytes() => {
             headers.insert(STREAM, stream.clone());
         }
         _ => insert(headers, STREAM, env.stream.as_bytes()),
     }
-    headers.insert(SEQUENCE, HeaderValue::from(env.sequence));
-    headers.insert(ATTEMPT, HeaderValue::from(env.attempt));
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    if env.published.format_into(&mut cursor, &Rfc3339).is_ok() {
-        let n = usize::try_from(cursor.position()).unwrap_or(0);
-        if let Some(published) = buf.get(..n) {
-            insert(headers, PUBLISHED_AT, published);
-        }
-    }
-    match key {
-        IdempotencyKey::Id(id) => insert(headers, IDEMPOTENCY_KEY, id.as_bytes()),
-        IdempotencyKey::Position(..) => {
-            if let Some(v) = on_stack(&mut buf, format_args!("{key}")) {
-                insert(headers, IDEMPOTENCY_KEY, v);
-            }
-        }
-    }
+    Values::write(env, key).insert_into(headers);
     if let Some(secret) = target.signing_secret {
         let key = key.to_string();
-        let ts = now.unix_timestamp();
+        let ts = now().unix_timestamp();
         insert(headers, WEBHOOK_ID, key.as_bytes());
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
         insert(
@@ -240,7 +279,7 @@ mod tests {
         let req = build(
             &envelope(),
             &target,
-            OffsetDateTime::UNIX_EPOCH,
+            || OffsetDateTime::UNIX_EPOCH,
             Some(HeaderValue::from_static(tp)),
         );
         let h = req.headers();
@@ -282,7 +321,7 @@ mod tests {
         let mut env = envelope();
         env.headers = async_nats::HeaderMap::new();
         env.published = time::macros::datetime!(2026-01-02 03:04:05.123456789 UTC);
-        let req = build(&env, &target, OffsetDateTime::UNIX_EPOCH, None);
+        let req = build(&env, &target, || OffsetDateTime::UNIX_EPOCH, None);
         let h = req.headers();
         let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
         assert_eq!(get("jetway-stream"), "ORDERS");
@@ -315,6 +354,43 @@ mod tests {
                 "{uri}"
             );
         }
+    }
+
+    #[test]
+    fn values_written_into_one_buffer_read_as_the_envelope_says() {
+        let uri: Uri = "http://127.0.0.1:8080/events".parse().expect("uri");
+        let target = Target {
+            endpoint: &uri,
+            host: None,
+            subscription: &HeaderValue::from_static("emails"),
+            stream: None,
+            signing_secret: None,
+            callback_token: None,
+        };
+        let mut env = envelope();
+        env.sequence = u64::MAX;
+        env.attempt = 1_000_000;
+        let req = build(&env, &target, || OffsetDateTime::UNIX_EPOCH, None);
+        let get = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        assert_eq!(get("jetway-subject"), "orders.created");
+        assert_eq!(get("jetway-sequence"), u64::MAX.to_string());
+        assert_eq!(get("jetway-attempt"), "1000000");
+        assert_eq!(get("jetway-published-at"), "2026-01-02T03:04:05Z");
+        assert_eq!(get("idempotency-key"), env.idempotency_key().to_string());
+        assert_eq!(get("jetway-stream"), "ORDERS");
+
+        env.headers.insert("Nats-Msg-Id", "order-1");
+        let req = build(&env, &target, || OffsetDateTime::UNIX_EPOCH, None);
+        let key = req
+            .headers()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(key, Some("order-1"));
     }
 
     #[test]
