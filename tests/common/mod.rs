@@ -90,9 +90,15 @@ pub fn signal(pid: u32, sig: &str) {
 /// Blocks until something listens on `127.0.0.1:port`, or panics after
 /// `DEADLINE` (`what` names it in the panic).
 pub fn wait_listening(port: u16, what: &str) {
+    wait_listening_or(port, || format!("{what} did not start"));
+}
+
+/// Waits until something listens on `port`; past `DEADLINE`, panics with
+/// what `failure` says (a server's log, for one).
+pub fn wait_listening_or(port: u16, failure: impl Fn() -> String) {
     let deadline = std::time::Instant::now() + DEADLINE;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "{what} did not start");
+        assert!(std::time::Instant::now() < deadline, "{}", failure());
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -2,12 +2,12 @@
 //! least-privilege mode in which every sidecar connects as a user allowed
 //! only what its config needs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{eventually, free_port, signal, wait_listening};
+use super::{eventually, free_port, signal, wait_listening_or};
 
 pub fn nats_server_bin() -> PathBuf {
     jetway::dev::find_nats_server()
@@ -198,25 +198,19 @@ impl Nats {
         let child = command
             .args(&self.extra_args)
             .stdout(Stdio::null())
-            // NATS_SERVER_LOG=1 shows the server's log (permission
-            // violations, for one); otherwise it goes to a file in the
-            // store, which a failed connect shows.
-            .stderr(if std::env::var_os("NATS_SERVER_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.log_file())
-                    .map_or_else(|_| Stdio::null(), Stdio::from)
-            })
+            .stderr(server_log(&self.log_file()))
             .spawn()
             .expect("spawn nats-server");
         if let Some(users) = &self.auth {
             users.lock().expect("lock").pid = child.id();
         }
         self.child = Some(child);
-        wait_listening(self.port, "nats-server");
+        wait_listening_or(self.port, || {
+            format!(
+                "the test's nats-server did not start; its log ends:\n{}",
+                self.log_tail()
+            )
+        });
     }
 
     pub fn url(&self) -> String {
@@ -279,10 +273,29 @@ impl Nats {
 
     /// The last lines of the server's log, for a failure's message.
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        log_tail(&self.log_file())
     }
+}
+
+/// Where a test's nats-server writes its log: `NATS_SERVER_LOG=1` shows it
+/// (permission violations, for one); otherwise it goes to `file`, whose
+/// end a failure to reach the server shows ([`log_tail`]).
+pub fn server_log(file: &Path) -> Stdio {
+    if std::env::var_os("NATS_SERVER_LOG").is_some() {
+        return Stdio::inherit();
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
+/// The last 20 lines of a server's log file, for a failure's message.
+pub fn log_tail(file: &Path) -> String {
+    let log = std::fs::read_to_string(file).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 impl Drop for Nats {

@@ -3,11 +3,12 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::common::{free_port, nats_server_bin};
+use crate::common::nats::{log_tail, server_log};
+use crate::common::{free_port, nats_server_bin, wait_listening_or};
 use crate::netns::{uid, Firewall};
 
 pub struct Node {
@@ -16,6 +17,13 @@ pub struct Node {
     pub cluster_port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
+}
+
+impl Node {
+    /// Where the node's log goes (unless `NATS_SERVER_LOG` is set).
+    fn log_file(&self) -> std::path::PathBuf {
+        self.store.path().join("nats-server.log")
+    }
 }
 
 pub struct Cluster {
@@ -77,23 +85,19 @@ impl Cluster {
             .uid(uid(i))
             .gid(uid(i))
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("NATS_SERVER_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            // Opened here, so the node's uid needs no right to the file.
+            .stderr(server_log(&node.log_file()))
             .spawn()
             .expect("spawn nats-server");
         node.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} did not start",
-                node.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let node = &self.nodes[i];
+        wait_listening_or(node.port, || {
+            format!(
+                "nats-server {} did not start; its log ends:\n{}",
+                node.name,
+                log_tail(&node.log_file())
+            )
+        });
     }
 
     /// SIGKILL, and waits for the process.
