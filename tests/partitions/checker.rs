@@ -15,6 +15,8 @@
 //!   read counts the whole reference.
 //!
 //! A run passes only with lost = unexpected = missing = 0.
+//! `missing_diverged` counts the missing keys the replicas' divergence
+//! accounts for: every sequence the key is stored at differs on a node.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -57,6 +59,10 @@ pub struct Report {
     pub missing: usize,
     pub dup_delivered: usize,
     pub divergence: usize,
+    /// Of `missing`, the keys stored only at sequences where a node's own
+    /// copy holds something else: the replicas diverged, and a consumer
+    /// reading its own copy delivered what that copy held there.
+    pub missing_diverged: usize,
 }
 
 /// `stored`: the stream as the leader has it, (sequence, key) in order;
@@ -111,6 +117,16 @@ pub fn check(
         }
     }
     r.missing = stored_keys.difference(&delivered_keys).count();
+    let diverged = diverged_sequences(stored, nodes);
+    r.missing_diverged = stored_keys
+        .difference(&delivered_keys)
+        .filter(|key| {
+            stored
+                .iter()
+                .filter(|(_, k)| k == *key)
+                .all(|(seq, _)| diverged.contains(seq))
+        })
+        .count();
     let reference: HashSet<(u64, &str)> = stored.iter().map(|(s, k)| (*s, k.as_str())).collect();
     for node in nodes {
         r.divergence += match node {
@@ -125,7 +141,32 @@ pub fn check(
     r
 }
 
+/// The sequences at which a node's own copy and the reference differ (a
+/// node that could not be read shows nothing).
+fn diverged_sequences(
+    stored: &[(u64, String)],
+    nodes: &[Option<Vec<(u64, String)>>],
+) -> HashSet<u64> {
+    let reference: HashSet<(u64, &str)> = stored.iter().map(|(s, k)| (*s, k.as_str())).collect();
+    let mut diverged = HashSet::new();
+    for copy in nodes.iter().flatten() {
+        let copy: HashSet<(u64, &str)> = copy.iter().map(|(s, k)| (*s, k.as_str())).collect();
+        diverged.extend(copy.symmetric_difference(&reference).map(|(s, _)| *s));
+    }
+    diverged
+}
+
 impl Report {
+    /// Whether all that fails the run is keys that are missing because
+    /// the stream's replicas diverged (`missing_diverged`): a fault of the
+    /// server, which a sidecar reading through a consumer cannot see.
+    pub fn fails_only_by_divergence(&self) -> bool {
+        !self.passed()
+            && self.lost == 0
+            && self.unexpected == 0
+            && self.missing == self.missing_diverged
+    }
+
     pub fn passed(&self) -> bool {
         self.lost == 0 && self.unexpected == 0 && self.missing == 0
     }
@@ -243,6 +284,49 @@ mod tests {
         let r = check(&attempts, &stored, &[], &strings(&["a", "a", "a", "b"]));
         assert_eq!((r.dup_stored, r.dup_delivered), (1, 2));
         assert!(r.passed(), "duplicates alone do not fail a run");
+    }
+
+    #[test]
+    fn a_key_missing_where_a_node_diverged_is_told_apart() {
+        let attempts = vec![
+            attempt("a", Outcome::Ok),
+            attempt("b", Outcome::Ok),
+            attempt("c", Outcome::Ok),
+        ];
+        let stored = seq(&["a", "b", "c"]);
+        // A node holds another key at 2, where the leader holds "b".
+        let diverged = vec![
+            (1, "a".to_string()),
+            (2, "x".to_string()),
+            (3, "c".to_string()),
+        ];
+        let nodes = vec![Some(stored.clone()), Some(diverged), None];
+        let r = check(&attempts, &stored, &nodes, &strings(&["a", "c"]));
+        assert_eq!((r.missing, r.missing_diverged, r.divergence), (1, 1, 2 + 3));
+        assert!(!r.passed());
+        assert!(r.fails_only_by_divergence());
+
+        // Missing where every node agrees: the sidecar's fault, not told apart.
+        let r = check(&attempts, &stored, &nodes, &strings(&["a", "b"]));
+        assert_eq!((r.missing, r.missing_diverged), (1, 0));
+        assert!(!r.fails_only_by_divergence());
+
+        // A key stored twice, once where the copies agree: that copy
+        // should have been delivered.
+        let twice = seq(&["a", "b", "c", "b"]);
+        let nodes = vec![Some(vec![
+            (1, "a".to_string()),
+            (2, "x".to_string()),
+            (3, "c".to_string()),
+            (4, "b".to_string()),
+        ])];
+        let r = check(&attempts, &twice, &nodes, &strings(&["a", "c"]));
+        assert_eq!((r.missing, r.missing_diverged), (1, 0));
+        assert!(!r.fails_only_by_divergence());
+
+        // A run that passes is not "failing by divergence".
+        let r = check(&attempts, &stored, &[], &strings(&["a", "b", "c"]));
+        assert!(r.passed() && !r.fails_only_by_divergence());
     }
 
     #[test]
