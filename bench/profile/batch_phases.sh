@@ -5,8 +5,10 @@
 # parsing it and publishing its items, one stderr line per batch) in a
 # scratch copy under $OUT, runs wrk against it on a fresh nats-server for
 # 8 s after 2 s of warm-up, and prints each phase's mean and median in µs.
-# The build goes to $CARGO_TARGET_DIR (default: the tree's target/), so its
-# release/jetway is the instrumented one until the next build.
+# The build goes to a target directory of its own ($PHASES_TARGET_DIR,
+# default target/phases under the tree; the first build there compiles
+# every dependency), so the tree's own target/release/jetway stays the
+# uninstrumented one.
 set -e
 OUT=${OUT:-/tmp/jetway-phases}; export OUT; mkdir -p "$OUT"
 HERE=$(cd "$(dirname "$0")" && pwd); . "$HERE/common.sh"
@@ -16,7 +18,7 @@ batch_body "$OUT/batch.ndjson"; cp "$HERE/postbatch.lua" "$OUT"/
 rm -rf "$OUT/src-copy"; mkdir -p "$OUT/src-copy"
 (cd "$ROOT" && git ls-files -z | xargs -0 cp --parents -t "$OUT/src-copy")
 (cd "$OUT/src-copy" && patch -p1 -s < "$HERE/batch_phases.patch")
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+TARGET=${PHASES_TARGET_DIR:-$ROOT/target/phases}
 (cd "$OUT/src-copy" && CARGO_TARGET_DIR=$TARGET cargo build --release --bin jetway 2>&1 | tail -1)
 BIN=$OUT/jetway-phases; cp "$TARGET/release/jetway" "$BIN"
 PORT=$(fp); STORE=$(mktemp -d)
