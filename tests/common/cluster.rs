@@ -2,8 +2,8 @@
 
 use std::process::{Child, Command, Stdio};
 
-use super::nats::{log_tail, server_log};
-use super::{free_port, nats_server_bin, wait_listening_or};
+use super::nats::{log_file, server_log, wait_server};
+use super::{free_port, nats_server_bin};
 
 /// One server of a [`Cluster`].
 pub struct Node {
@@ -12,13 +12,6 @@ pub struct Node {
     pub cluster_port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
-}
-
-impl Node {
-    /// Where the node's log goes (unless `NATS_SERVER_LOG` is set).
-    fn log_file(&self) -> std::path::PathBuf {
-        self.store.path().join("nats-server.log")
-    }
 }
 
 /// A 3-node nats-server cluster with JetStream, each node on its own
@@ -81,18 +74,15 @@ impl Cluster {
             .arg(format!("nats://127.0.0.1:{}", node.cluster_port))
             .args(["--routes", &routes])
             .stdout(Stdio::null())
-            .stderr(server_log(&node.log_file()))
+            .stderr(server_log(&log_file(node.store.path())))
             .spawn()
             .expect("spawn nats-server");
         node.child = Some(child);
-        let node = &self.nodes[i];
-        wait_listening_or(node.port, || {
-            format!(
-                "nats-server {} did not start; its log ends:\n{}",
-                node.name,
-                log_tail(&node.log_file())
-            )
-        });
+        wait_server(
+            node.port,
+            &format!("nats-server {}", node.name),
+            &log_file(node.store.path()),
+        );
     }
 
     /// Kills the node called `name` (SIGKILL); returns its index.

@@ -205,12 +205,7 @@ impl Nats {
             users.lock().expect("lock").pid = child.id();
         }
         self.child = Some(child);
-        wait_listening_or(self.port, || {
-            format!(
-                "the test's nats-server did not start; its log ends:\n{}",
-                self.log_tail()
-            )
-        });
+        wait_server(self.port, "the test's nats-server", &self.log_file());
     }
 
     pub fn url(&self) -> String {
@@ -266,15 +261,28 @@ impl Nats {
         }
     }
 
-    /// Where the server's log goes (unless `NATS_SERVER_LOG` is set).
     fn log_file(&self) -> PathBuf {
-        self.store.path().join("nats-server.log")
+        log_file(self.store.path())
     }
 
     /// The last lines of the server's log, for a failure's message.
     fn log_tail(&self) -> String {
         log_tail(&self.log_file())
     }
+}
+
+/// Where the log of a test's nats-server with its store in `store` goes
+/// (unless `NATS_SERVER_LOG` is set).
+pub fn log_file(store: &Path) -> PathBuf {
+    store.join("nats-server.log")
+}
+
+/// Waits until the nats-server `what` listens on `port`; one that does not
+/// start fails the test with the end of its log (`log`).
+pub fn wait_server(port: u16, what: &str, log: &Path) {
+    wait_listening_or(port, || {
+        format!("{what} did not start; its log ends:\n{}", log_tail(log))
+    });
 }
 
 /// Where a test's nats-server writes its log: `NATS_SERVER_LOG=1` shows it
@@ -292,7 +300,7 @@ pub fn server_log(file: &Path) -> Stdio {
 }
 
 /// The last 20 lines of a server's log file, for a failure's message.
-pub fn log_tail(file: &Path) -> String {
+fn log_tail(file: &Path) -> String {
     let log = std::fs::read_to_string(file).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")

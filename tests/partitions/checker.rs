@@ -117,7 +117,25 @@ pub fn check(
         }
     }
     r.missing = stored_keys.difference(&delivered_keys).count();
-    let diverged = diverged_sequences(stored, nodes);
+    // Each node's differences from the reference: counted, and where.
+    let reference: HashSet<(u64, &str)> = stored.iter().map(|(s, k)| (*s, k.as_str())).collect();
+    let mut diverged: HashSet<u64> = HashSet::new();
+    for node in nodes {
+        r.divergence += match node {
+            Some(copy) => {
+                let copy: HashSet<(u64, &str)> =
+                    copy.iter().map(|(s, k)| (*s, k.as_str())).collect();
+                let differ: Vec<u64> = copy
+                    .symmetric_difference(&reference)
+                    .map(|(s, _)| *s)
+                    .collect();
+                let count = differ.len();
+                diverged.extend(differ);
+                count
+            }
+            None => reference.len().max(1),
+        };
+    }
     r.missing_diverged = stored_keys
         .difference(&delivered_keys)
         .filter(|key| {
@@ -127,33 +145,7 @@ pub fn check(
                 .all(|(seq, _)| diverged.contains(seq))
         })
         .count();
-    let reference: HashSet<(u64, &str)> = stored.iter().map(|(s, k)| (*s, k.as_str())).collect();
-    for node in nodes {
-        r.divergence += match node {
-            Some(copy) => {
-                let copy: HashSet<(u64, &str)> =
-                    copy.iter().map(|(s, k)| (*s, k.as_str())).collect();
-                copy.symmetric_difference(&reference).count()
-            }
-            None => reference.len().max(1),
-        };
-    }
     r
-}
-
-/// The sequences at which a node's own copy and the reference differ (a
-/// node that could not be read shows nothing).
-fn diverged_sequences(
-    stored: &[(u64, String)],
-    nodes: &[Option<Vec<(u64, String)>>],
-) -> HashSet<u64> {
-    let reference: HashSet<(u64, &str)> = stored.iter().map(|(s, k)| (*s, k.as_str())).collect();
-    let mut diverged = HashSet::new();
-    for copy in nodes.iter().flatten() {
-        let copy: HashSet<(u64, &str)> = copy.iter().map(|(s, k)| (*s, k.as_str())).collect();
-        diverged.extend(copy.symmetric_difference(&reference).map(|(s, _)| *s));
-    }
-    diverged
 }
 
 impl Report {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::common::nats::{log_tail, server_log};
-use crate::common::{free_port, nats_server_bin, wait_listening_or};
+use crate::common::nats::{log_file, server_log, wait_server};
+use crate::common::{free_port, nats_server_bin};
 use crate::netns::{uid, Firewall};
 
 pub struct Node {
@@ -17,13 +17,6 @@ pub struct Node {
     pub cluster_port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
-}
-
-impl Node {
-    /// Where the node's log goes (unless `NATS_SERVER_LOG` is set).
-    fn log_file(&self) -> std::path::PathBuf {
-        self.store.path().join("nats-server.log")
-    }
 }
 
 pub struct Cluster {
@@ -86,18 +79,15 @@ impl Cluster {
             .gid(uid(i))
             .stdout(Stdio::null())
             // Opened here, so the node's uid needs no right to the file.
-            .stderr(server_log(&node.log_file()))
+            .stderr(server_log(&log_file(node.store.path())))
             .spawn()
             .expect("spawn nats-server");
         node.child = Some(child);
-        let node = &self.nodes[i];
-        wait_listening_or(node.port, || {
-            format!(
-                "nats-server {} did not start; its log ends:\n{}",
-                node.name,
-                log_tail(&node.log_file())
-            )
-        });
+        wait_server(
+            node.port,
+            &format!("nats-server {}", node.name),
+            &log_file(node.store.path()),
+        );
     }
 
     /// SIGKILL, and waits for the process.
