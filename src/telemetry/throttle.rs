@@ -75,17 +75,21 @@ mod tests {
 
     #[test]
     fn concurrent_callers_let_exactly_one_through() {
+        // The one admitted caller reports the lines held back before its
+        // swap; those after it stay counted for the next WARN line. Together
+        // they are every other call: none is lost or counted twice.
         let t = std::sync::Arc::new(Throttle::new(Duration::from_secs(3600)));
-        let admitted: usize = (0..8)
+        let admitted: Vec<u64> = (0..8)
             .map(|_| {
                 let t = t.clone();
-                std::thread::spawn(move || (0..1000).filter(|_| t.admit().is_some()).count())
+                std::thread::spawn(move || (0..1000).filter_map(|_| t.admit()).collect::<Vec<_>>())
             })
             .collect::<Vec<_>>()
             .into_iter()
-            .map(|h| h.join().unwrap_or(0))
-            .sum();
-        assert_eq!(admitted, 1);
-        assert_eq!(t.held_back.load(Ordering::Relaxed), 7999);
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect();
+        assert_eq!(admitted.len(), 1, "admitted: {admitted:?}");
+        let reported = admitted.first().copied().unwrap_or(0);
+        assert_eq!(reported + t.held_back.load(Ordering::Relaxed), 7999);
     }
 }
