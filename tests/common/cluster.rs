@@ -2,7 +2,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use super::nats::{log_file, server_log, wait_server};
+use super::nats::{log_file, log_len, server_log, wait_server, Started};
 use super::{free_port, nats_server_bin};
 
 /// One server of a [`Cluster`].
@@ -58,6 +58,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let node = &mut self.nodes[i];
+        let from = log_len(&log_file(node.store.path()));
         let child = Command::new(nats_server_bin())
             .args([
                 "-js",
@@ -77,11 +78,17 @@ impl Cluster {
             .stderr(server_log(&log_file(node.store.path())))
             .spawn()
             .expect("spawn nats-server");
-        node.child = Some(child);
-        wait_server(
+        let what = format!("nats-server {}", node.name);
+        let log = log_file(node.store.path());
+        // Held by the node while it starts, so a test that fails here
+        // still stops it.
+        let child = node.child.insert(child);
+        let started = wait_server(child, node.port, &what, &log, from);
+        assert!(
+            started == Started::Ready,
+            "{what}: port {} or {} is taken by another process",
             node.port,
-            &format!("nats-server {}", node.name),
-            &log_file(node.store.path()),
+            node.cluster_port
         );
     }
 

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{eventually, free_port, signal, wait_listening_or};
+use super::{eventually, free_port, signal, wait_listening_or, DEADLINE};
 
 pub fn nats_server_bin() -> PathBuf {
     jetway::dev::find_nats_server()
@@ -177,16 +177,26 @@ impl Nats {
                 include,
             };
             users.write();
-            let users = Arc::new(Mutex::new(users));
-            SERVERS.lock().expect("lock").push((n.port, users.clone()));
-            n.auth = Some(users);
+            n.auth = Some(Arc::new(Mutex::new(users)));
         }
-        n.spawn();
+        // A port found free can be taken before the server binds it (by
+        // another test binary's server): then another port.
+        for _ in 0..5 {
+            match n.spawn() {
+                Started::Ready => break,
+                Started::PortTaken => n.port = free_port(),
+            }
+        }
+        assert!(n.child.is_some(), "no free port for the test's nats-server");
+        if let Some(users) = &n.auth {
+            SERVERS.lock().expect("lock").push((n.port, users.clone()));
+        }
         n
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Started {
         let port = self.port.to_string();
+        let from = log_len(&self.log_file());
         let mut command = Command::new(nats_server_bin());
         command.args(["-a", "127.0.0.1", "-p", &port]);
         match &self.auth {
@@ -204,8 +214,15 @@ impl Nats {
         if let Some(users) = &self.auth {
             users.lock().expect("lock").pid = child.id();
         }
-        self.child = Some(child);
-        wait_server(self.port, "the test's nats-server", &self.log_file());
+        // Held by `self` while it starts, so a test that fails here still
+        // stops it.
+        let log = self.log_file();
+        let child = self.child.insert(child);
+        let started = wait_server(child, self.port, "the test's nats-server", &log, from);
+        if started == Started::PortTaken {
+            self.child = None;
+        }
+        started
     }
 
     pub fn url(&self) -> String {
@@ -227,7 +244,11 @@ impl Nats {
     /// Starts it again on the same port with the same store.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn() == Started::Ready,
+            "port {} was taken by another process while the test's nats-server was down: it cannot come back on it",
+            self.port
+        );
     }
 
     pub fn freeze(&self) {
@@ -277,12 +298,62 @@ pub fn log_file(store: &Path) -> PathBuf {
     store.join("nats-server.log")
 }
 
-/// Waits until the nats-server `what` listens on `port`; one that does not
-/// start fails the test with the end of its log (`log`).
-pub fn wait_server(port: u16, what: &str, log: &Path) {
-    wait_listening_or(port, || {
-        format!("{what} did not start; its log ends:\n{}", log_tail(log))
-    });
+/// How a nats-server just spawned came up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Started {
+    Ready,
+    /// It exited because another process holds its port.
+    PortTaken,
+}
+
+/// Waits until the nats-server `what` (`child`, logging to `log` from
+/// byte `from` on) is ready on `port`. Its own log tells: something that
+/// answers on the port may be another process (one that took the port
+/// while this server was down). A server that exits because its port is
+/// taken gives [`Started::PortTaken`]; one that exits otherwise, or is not
+/// ready by the deadline, fails the test with the end of its log.
+pub fn wait_server(child: &mut Child, port: u16, what: &str, log: &Path, from: u64) -> Started {
+    if std::env::var_os("NATS_SERVER_LOG").is_some() {
+        // The log goes to the terminal: only the port can tell.
+        wait_listening_or(port, || format!("{what} did not start"));
+        return Started::Ready;
+    }
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        if log_since(log, from).contains("Server is ready") {
+            wait_listening_or(port, || {
+                format!("{what} is ready but not listening on {port}")
+            });
+            return Started::Ready;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            if log_since(log, from).contains("address already in use") {
+                return Started::PortTaken;
+            }
+            panic!(
+                "{what} exited ({status}) before it was ready; its log ends:\n{}",
+                log_tail(log)
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} was not ready after {DEADLINE:?}; its log ends:\n{}",
+            log_tail(log)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// How long `log` is now: where the next server's lines start.
+pub fn log_len(log: &Path) -> u64 {
+    std::fs::metadata(log).map_or(0, |m| m.len())
+}
+
+/// What `log` gained after its first `from` bytes.
+fn log_since(log: &Path, from: u64) -> String {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    let from = usize::try_from(from).unwrap_or(usize::MAX);
+    String::from_utf8_lossy(bytes.get(from..).unwrap_or_default()).into_owned()
 }
 
 /// Where a test's nats-server writes its log: `NATS_SERVER_LOG=1` shows it

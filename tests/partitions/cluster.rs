@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::common::nats::{log_file, server_log, wait_server};
+use crate::common::nats::{log_file, log_len, server_log, wait_server, Started};
 use crate::common::{free_port, nats_server_bin};
 use crate::netns::{uid, Firewall};
 
@@ -67,6 +67,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let node = &mut self.nodes[i];
+        let from = log_len(&log_file(node.store.path()));
         let child = Command::new(nats_server_bin())
             .args(["-js", "-a", "127.0.0.1", "-p", &node.port.to_string()])
             .args(["-n", &node.name])
@@ -82,11 +83,17 @@ impl Cluster {
             .stderr(server_log(&log_file(node.store.path())))
             .spawn()
             .expect("spawn nats-server");
-        node.child = Some(child);
-        wait_server(
+        let what = format!("nats-server {}", node.name);
+        let log = log_file(node.store.path());
+        // Held by the node while it starts, so a test that fails here
+        // still stops it.
+        let child = node.child.insert(child);
+        let started = wait_server(child, node.port, &what, &log, from);
+        assert!(
+            started == Started::Ready,
+            "{what}: port {} or {} is taken by another process",
             node.port,
-            &format!("nats-server {}", node.name),
-            &log_file(node.store.path()),
+            node.cluster_port
         );
     }
 
