@@ -1138,13 +1138,14 @@ async fn s2_nats_restart_same_store() {
 
 /// The consumer state files of ORDERS that a kill -9 left empty.
 ///
-/// nats-server before 2.14 writes a consumer's state file in place (open
-/// with truncate, then write), so a kill between the two leaves it empty and
-/// the consumer comes back with no delivered or acknowledged sequence: it
-/// starts over from the first event (2.14 writes a temporary file and
-/// renames it). `bench/repro/consumer_state_kill` shows it with a bare
-/// async-nats consumer: 4 kills in 300 on 2.9.10, none on 2.15.1. Nothing
-/// is lost, but all of it is delivered again.
+/// nats-server 2.9, 2.10, 2.11 before 2.11.11 and 2.12.0 write a
+/// consumer's state file in place (open with truncate, then write), so a
+/// kill between the two leaves it empty and the consumer comes back with no
+/// delivered or acknowledged sequence: it starts over from the first event.
+/// Later releases write a temporary file and rename it.
+/// `bench/repro/consumer_state_kill` shows it with a bare async-nats
+/// consumer: 4 kills in 300 on 2.9.10, none on 2.15.1. Nothing is lost,
+/// but all of it is delivered again.
 fn emptied_consumer_states(store: &std::path::Path) -> Vec<std::path::PathBuf> {
     let accounts = std::fs::read_dir(store.join("jetstream"))
         .into_iter()
