@@ -2,7 +2,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use super::nats::{log_file, log_len, server_log, wait_server, Started};
+use super::nats::{log_file, log_len, server_log, wait_node};
 use super::{free_port, nats_server_bin};
 
 /// One server of a [`Cluster`].
@@ -58,7 +58,8 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let node = &mut self.nodes[i];
-        let from = log_len(&log_file(node.store.path()));
+        let log = log_file(node.store.path());
+        let from = log_len(&log);
         let child = Command::new(nats_server_bin())
             .args([
                 "-js",
@@ -75,20 +76,18 @@ impl Cluster {
             .arg(format!("nats://127.0.0.1:{}", node.cluster_port))
             .args(["--routes", &routes])
             .stdout(Stdio::null())
-            .stderr(server_log(&log_file(node.store.path())))
+            .stderr(server_log(&log))
             .spawn()
             .expect("spawn nats-server");
-        let what = format!("nats-server {}", node.name);
-        let log = log_file(node.store.path());
         // Held by the node while it starts, so a test that fails here
         // still stops it.
         let child = node.child.insert(child);
-        let started = wait_server(child, node.port, &what, &log, from);
-        assert!(
-            started == Started::Ready,
-            "{what}: port {} or {} is taken by another process",
-            node.port,
-            node.cluster_port
+        wait_node(
+            child,
+            &node.name,
+            (node.port, node.cluster_port),
+            &log,
+            from,
         );
     }
 

@@ -344,6 +344,19 @@ pub fn wait_server(child: &mut Child, port: u16, what: &str, log: &Path, from: u
     }
 }
 
+/// [`wait_server`] for the cluster node `name`, whose client and route
+/// ports (`ports`) its peers already know: a taken one fails the test.
+pub fn wait_node(child: &mut Child, name: &str, ports: (u16, u16), log: &Path, from: u64) {
+    let what = format!("nats-server {name}");
+    let started = wait_server(child, ports.0, &what, log, from);
+    assert!(
+        started == Started::Ready,
+        "{what}: port {} or {} is taken by another process",
+        ports.0,
+        ports.1
+    );
+}
+
 /// How long `log` is now: where the next server's lines start.
 pub fn log_len(log: &Path) -> u64 {
     std::fs::metadata(log).map_or(0, |m| m.len())

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::common::nats::{log_file, log_len, server_log, wait_server, Started};
+use crate::common::nats::{log_file, log_len, server_log, wait_node};
 use crate::common::{free_port, nats_server_bin};
 use crate::netns::{uid, Firewall};
 
@@ -67,7 +67,8 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let node = &mut self.nodes[i];
-        let from = log_len(&log_file(node.store.path()));
+        let log = log_file(node.store.path());
+        let from = log_len(&log);
         let child = Command::new(nats_server_bin())
             .args(["-js", "-a", "127.0.0.1", "-p", &node.port.to_string()])
             .args(["-n", &node.name])
@@ -80,20 +81,18 @@ impl Cluster {
             .gid(uid(i))
             .stdout(Stdio::null())
             // Opened here, so the node's uid needs no right to the file.
-            .stderr(server_log(&log_file(node.store.path())))
+            .stderr(server_log(&log))
             .spawn()
             .expect("spawn nats-server");
-        let what = format!("nats-server {}", node.name);
-        let log = log_file(node.store.path());
         // Held by the node while it starts, so a test that fails here
         // still stops it.
         let child = node.child.insert(child);
-        let started = wait_server(child, node.port, &what, &log, from);
-        assert!(
-            started == Started::Ready,
-            "{what}: port {} or {} is taken by another process",
-            node.port,
-            node.cluster_port
+        wait_node(
+            child,
+            &node.name,
+            (node.port, node.cluster_port),
+            &log,
+            from,
         );
     }
 
