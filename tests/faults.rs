@@ -1147,6 +1147,15 @@ async fn s2_nats_restart_same_store() {
 /// consumer: 4 kills in 300 on 2.9.10, none on 2.15.1. Nothing is lost,
 /// but all of it is delivered again.
 fn emptied_consumer_states(store: &std::path::Path) -> Vec<std::path::PathBuf> {
+    consumer_states(store)
+        .into_iter()
+        .filter(|(_, len)| *len == 0)
+        .map(|(state, _)| state)
+        .collect()
+}
+
+/// Each consumer state file of ORDERS in a server's store, with its length.
+fn consumer_states(store: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
     let accounts = std::fs::read_dir(store.join("jetstream"))
         .into_iter()
         .flatten();
@@ -1156,9 +1165,97 @@ fn emptied_consumer_states(store: &std::path::Path) -> Vec<std::path::PathBuf> {
             let obs = account.path().join("streams/ORDERS/obs");
             std::fs::read_dir(obs).into_iter().flatten().flatten()
         })
-        .map(|consumer| consumer.path().join("o.dat"))
-        .filter(|state| std::fs::metadata(state).is_ok_and(|m| m.len() == 0))
+        .filter_map(|consumer| {
+            let state = consumer.path().join("o.dat");
+            let len = std::fs::metadata(&state).ok()?.len();
+            Some((state, len))
+        })
         .collect()
+}
+
+/// What scenario 2 assumes of the server under test: a consumer's state
+/// lives where `consumer_states` looks, and a server that finds it empty
+/// starts that consumer over (nothing delivered, everything pending), so
+/// the extra duplicates it allows then are the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_consumer_state_starts_the_consumer_over() {
+    let _serial = SERIAL.lock().await;
+    let mut nats = Nats::start();
+    let js = nats.client().await;
+    js.create_stream(jetstream::stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create ORDERS");
+    for i in 0..3 {
+        js.publish(format!("orders.{i}"), "x".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("PubAck");
+    }
+    let stream = js.get_stream("ORDERS").await.expect("ORDERS");
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("c".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create consumer");
+    let ack_floor = || async {
+        let mut c: jetstream::consumer::PullConsumer =
+            stream.get_consumer("c").await.expect("consumer");
+        c.info()
+            .await
+            .expect("consumer info")
+            .ack_floor
+            .stream_sequence
+    };
+    let mut batch = consumer
+        .fetch()
+        .max_messages(3)
+        .messages()
+        .await
+        .expect("fetch");
+    while let Some(m) = futures::StreamExt::next(&mut batch).await {
+        m.expect("message").double_ack().await.expect("ack");
+    }
+    assert_eq!(ack_floor().await, 3);
+    // Written by the server's flusher within moments (the deliveries at
+    // least; the acks may still be unsaved).
+    let state = within(
+        Duration::from_secs(10),
+        "the consumer's state saved",
+        || async {
+            match consumer_states(nats.store.path()).as_slice() {
+                [(state, len)] if *len > 0 => Some(state.clone()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    drop(js);
+    nats.stop();
+    std::fs::write(&state, b"").expect("empty the state file");
+    assert_eq!(emptied_consumer_states(nats.store.path()), [state]);
+    nats.restart();
+    let js = nats.client().await;
+    let stream = js.get_stream("ORDERS").await.expect("ORDERS after restart");
+    let mut c: jetstream::consumer::PullConsumer = stream
+        .get_consumer("c")
+        .await
+        .expect("consumer after restart");
+    let info = c.info().await.expect("consumer info after restart");
+    // Intact, it says (3, 0): the three were delivered. (Their acks,
+    // though confirmed, may be forgotten by the kill: a kill loses the
+    // last moments of acks, which `dup_bound` allows for.)
+    assert_eq!(
+        (info.delivered.stream_sequence, info.num_pending),
+        (0, 3),
+        "with its state emptied, the consumer starts over"
+    );
 }
 
 /// 3. nats-server frozen (SIGSTOP) for a few seconds, then SIGCONT.
