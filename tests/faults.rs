@@ -1197,22 +1197,13 @@ async fn an_emptied_consumer_state_starts_the_consumer_over() {
             .expect("PubAck");
     }
     let stream = js.get_stream("ORDERS").await.expect("ORDERS");
-    let consumer: jetstream::consumer::PullConsumer = stream
+    let mut consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("c".into()),
             ..Default::default()
         })
         .await
         .expect("create consumer");
-    let ack_floor = || async {
-        let mut c: jetstream::consumer::PullConsumer =
-            stream.get_consumer("c").await.expect("consumer");
-        c.info()
-            .await
-            .expect("consumer info")
-            .ack_floor
-            .stream_sequence
-    };
     let mut batch = consumer
         .fetch()
         .max_messages(3)
@@ -1222,7 +1213,8 @@ async fn an_emptied_consumer_state_starts_the_consumer_over() {
     while let Some(m) = futures::StreamExt::next(&mut batch).await {
         m.expect("message").double_ack().await.expect("ack");
     }
-    assert_eq!(ack_floor().await, 3);
+    let info = consumer.info().await.expect("consumer info");
+    assert_eq!(info.ack_floor.stream_sequence, 3);
     // Written by the server's flusher within moments (the deliveries at
     // least; the acks may still be unsaved).
     let state = within(

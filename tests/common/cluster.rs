@@ -1,8 +1,8 @@
 //! A 3-node nats-server cluster, for replicated streams and leader loss.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
-use super::nats::{log_file, log_len, server_log, wait_node};
+use super::nats::start_node;
 use super::{free_port, nats_server_bin};
 
 /// One server of a [`Cluster`].
@@ -58,9 +58,8 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let node = &mut self.nodes[i];
-        let log = log_file(node.store.path());
-        let from = log_len(&log);
-        let child = Command::new(nats_server_bin())
+        let mut command = Command::new(nats_server_bin());
+        command
             .args([
                 "-js",
                 "-a",
@@ -74,20 +73,13 @@ impl Cluster {
             .arg(node.store.path())
             .args(["--cluster_name", "c", "--cluster"])
             .arg(format!("nats://127.0.0.1:{}", node.cluster_port))
-            .args(["--routes", &routes])
-            .stdout(Stdio::null())
-            .stderr(server_log(&log))
-            .spawn()
-            .expect("spawn nats-server");
-        // Held by the node while it starts, so a test that fails here
-        // still stops it.
-        let child = node.child.insert(child);
-        wait_node(
-            child,
+            .args(["--routes", &routes]);
+        start_node(
+            &mut command,
+            &mut node.child,
             &node.name,
             (node.port, node.cluster_port),
-            &log,
-            from,
+            node.store.path(),
         );
     }
 

@@ -344,11 +344,28 @@ pub fn wait_server(child: &mut Child, port: u16, what: &str, log: &Path, from: u
     }
 }
 
-/// [`wait_server`] for the cluster node `name`, whose client and route
-/// ports (`ports`) its peers already know: a taken one fails the test.
-pub fn wait_node(child: &mut Child, name: &str, ports: (u16, u16), log: &Path, from: u64) {
+/// Starts the cluster node `name` from `command` (its arguments set) into
+/// `slot`, logging to a file in its `store`, and waits until it is ready.
+/// The node is held by `slot` while it starts, so a test that fails here
+/// still stops it. Its client and route ports (`ports`) are known to its
+/// peers, so a taken one fails the test.
+pub fn start_node(
+    command: &mut Command,
+    slot: &mut Option<Child>,
+    name: &str,
+    ports: (u16, u16),
+    store: &Path,
+) {
+    let log = log_file(store);
+    let from = log_len(&log);
+    let child = command
+        .stdout(Stdio::null())
+        // Opened here, so a node run as another user needs no right to it.
+        .stderr(server_log(&log))
+        .spawn()
+        .expect("spawn nats-server");
     let what = format!("nats-server {name}");
-    let started = wait_server(child, ports.0, &what, log, from);
+    let started = wait_server(slot.insert(child), ports.0, &what, &log, from);
     assert!(
         started == Started::Ready,
         "{what}: port {} or {} is taken by another process",
@@ -358,7 +375,7 @@ pub fn wait_node(child: &mut Child, name: &str, ports: (u16, u16), log: &Path, f
 }
 
 /// How long `log` is now: where the next server's lines start.
-pub fn log_len(log: &Path) -> u64 {
+fn log_len(log: &Path) -> u64 {
     std::fs::metadata(log).map_or(0, |m| m.len())
 }
 

@@ -2,12 +2,12 @@
 //! a uid of its own (see `netns`), with an R3 `ORDERS` stream.
 
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::common::nats::{log_file, log_len, server_log, wait_node};
+use crate::common::nats::start_node;
 use crate::common::{free_port, nats_server_bin};
 use crate::netns::{uid, Firewall};
 
@@ -67,9 +67,8 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let node = &mut self.nodes[i];
-        let log = log_file(node.store.path());
-        let from = log_len(&log);
-        let child = Command::new(nats_server_bin())
+        let mut command = Command::new(nats_server_bin());
+        command
             .args(["-js", "-a", "127.0.0.1", "-p", &node.port.to_string()])
             .args(["-n", &node.name])
             .arg("-sd")
@@ -78,21 +77,13 @@ impl Cluster {
             .arg(format!("nats://127.0.0.1:{}", node.cluster_port))
             .args(["--routes", &routes])
             .uid(uid(i))
-            .gid(uid(i))
-            .stdout(Stdio::null())
-            // Opened here, so the node's uid needs no right to the file.
-            .stderr(server_log(&log))
-            .spawn()
-            .expect("spawn nats-server");
-        // Held by the node while it starts, so a test that fails here
-        // still stops it.
-        let child = node.child.insert(child);
-        wait_node(
-            child,
+            .gid(uid(i));
+        start_node(
+            &mut command,
+            &mut node.child,
             &node.name,
             (node.port, node.cluster_port),
-            &log,
-            from,
+            node.store.path(),
         );
     }
 
